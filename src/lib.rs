@@ -1,0 +1,16 @@
+//! brokk: an MQTT 3.1.1 and 5.0 broker built around a shared session table.
+//!
+//! Module map:
+//! - [`config`]: broker.toml, defaults, environment overrides, validation.
+//! - [`protocol`]: the wire (framing, codec, semantic checks); the only user of the codec crate.
+//! - [`close`]: [`close::CloseReason`], the one reason every connection ends with.
+//! - [`router`]: topic filters, the subscription index, shared groups, retained messages.
+//! - [`auth`], [`tls`], [`metrics`]: operations.
+
+pub mod auth;
+pub mod close;
+pub mod config;
+pub mod metrics;
+pub mod protocol;
+pub mod router;
+pub mod tls;
