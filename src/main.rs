@@ -1,3 +1,150 @@
-fn main() {
-    println!("brokk: not yet");
+//! The `brokk` binary: CLI, configuration, logging, and running until SIGINT or SIGTERM.
+
+use std::io::{BufRead, IsTerminal};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use brokk::config::{Config, LogFormat};
+use brokk::server::Server;
+
+#[derive(Parser)]
+#[command(name = "brokk", version, about = "An MQTT 3.1.1 and 5.0 broker that always says why a session ended")]
+struct Cli {
+    /// Configuration file (default: the built-in broker.toml). Every key is optional.
+    #[arg(long, value_name = "PATH", global = true)]
+    config: Option<PathBuf>,
+    /// Validate the configuration and exit: 0 when valid, 2 (naming the key) when not.
+    #[arg(long)]
+    check_config: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Add or update USER in a password file (password read from stdin when not a TTY).
+    Passwd {
+        /// Remove USER instead.
+        #[arg(long)]
+        delete: bool,
+        file: PathBuf,
+        user: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::Passwd { delete, file, user }) = cli.command {
+        return passwd(delete, &file, &user);
+    }
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("brokk: invalid configuration: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    if cli.check_config {
+        println!("configuration ok");
+        return ExitCode::SUCCESS;
+    }
+    init_tracing(&config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("brokk: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(config))
+}
+
+async fn run(config: Config) -> ExitCode {
+    let server = match Server::start(config).await {
+        Ok(server) => server,
+        Err(error) => {
+            tracing::error!(%error, "cannot start");
+            eprintln!("brokk: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(addr) = server.metrics_addr() {
+        tracing::info!(%addr, "metrics at /metrics");
+    }
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    server.shutdown().await;
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {},
+                    _ = term.recv() => {},
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn init_tracing(config: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn passwd(delete: bool, file: &std::path::Path, user: &str) -> ExitCode {
+    if delete {
+        return match brokk::auth::passwd_delete(file, user) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => {
+                eprintln!("brokk passwd: no user {user} in {}", file.display());
+                ExitCode::FAILURE
+            }
+            Err(error) => {
+                eprintln!("brokk passwd: {error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprint!("Password for {user}: ");
+    }
+    let mut password = String::new();
+    if let Err(error) = stdin.lock().read_line(&mut password) {
+        eprintln!("brokk passwd: cannot read the password: {error}");
+        return ExitCode::FAILURE;
+    }
+    let password = password.trim_end_matches(['\n', '\r']);
+    if password.is_empty() {
+        eprintln!("brokk passwd: empty password");
+        return ExitCode::FAILURE;
+    }
+    match brokk::auth::passwd_set(file, user, password) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("brokk passwd: {error}");
+            ExitCode::FAILURE
+        }
+    }
 }

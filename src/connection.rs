@@ -1,0 +1,922 @@
+//! One connection's life: CONNECT, then one `select!` over the socket (read and write), the
+//! session's outbox, the registry's mailbox, the keep-alive deadline and shutdown, until a
+//! [`CloseReason`] ends it. Every way out of the loop carries exactly one reason; `finish`
+//! sends it (v5), hands the session back, fires the will and logs and counts the close once.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::auth::AuthResult;
+use crate::broker::Broker;
+use crate::close::{CloseReason, InvalidKind};
+use crate::message::{Delivery, Message};
+use crate::outbox::Outbox;
+use crate::protocol::{
+    self, Ack, ConnAck, ConnAckProperties, Connect, DecodeError, Disconnect, Packet, Publish, QoS,
+    RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe, Version,
+};
+use crate::registry::{Control, Detached, Previous};
+use crate::router::{self, SubscriptionOptions};
+use crate::session::{InflightOut, OutboundState, Session};
+
+/// Stop pulling from the outbox while this much is waiting to be written: a client that does
+/// not read lets its queue (bounded) fill instead of this buffer (unbounded).
+const WRITE_HIGH_WATER: usize = 64 * 1024;
+/// Deliveries taken from the outbox per lock.
+const DRAIN_BATCH: usize = 256;
+/// Topic aliases a v5 client may use towards us (CONNACK Topic Alias Maximum).
+const INBOUND_TOPIC_ALIAS_MAX: u16 = 64;
+/// How long a takeover waits for the old connection to hand its session over.
+const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the final DISCONNECT (and pending output) may take to write on a close that is
+/// not a shutdown.
+const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What a connection task is given by the accept loop.
+pub struct ConnectionContext {
+    pub broker: Arc<Broker>,
+    pub peer: SocketAddr,
+    /// Accepted past `max_connections`: read the CONNECT, refuse it, close.
+    pub over_limit: bool,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// Serves one MQTT connection to its end.
+pub async fn serve<S>(ctx: ConnectionContext, stream: S)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let started = Instant::now();
+    let (reader, writer) = tokio::io::split(stream);
+    let mut io = Io { reader, writer, rbuf: BytesMut::with_capacity(1024), wbuf: BytesMut::new() };
+    let broker = ctx.broker.clone();
+    let timeout = broker.config.limits.connect_timeout;
+    let max = broker.config.limits.max_packet_size as usize;
+    let mut shutdown = ctx.shutdown.clone();
+
+    let connect = tokio::select! {
+        result = tokio::time::timeout(timeout, io.read_connect(&broker, max)) => match result {
+            Ok(Ok(connect)) => connect,
+            Ok(Err(reason)) => return close_early(&broker, &ctx, io, reason, started).await,
+            Err(_) => return close_early(&broker, &ctx, io, CloseReason::ClientUnresponsive, started).await,
+        },
+        _ = crate::server::stopped(&mut shutdown) => {
+            return close_early(&broker, &ctx, io, CloseReason::ServerShutdown, started).await;
+        }
+    };
+
+    match accept(&broker, &ctx, connect, &mut io).await {
+        Ok(mut conn) => {
+            let reason = conn.run(&mut io).await;
+            conn.finish(io, reason, started).await;
+        }
+        Err(refused) => {
+            broker.stats_connect(refused.version, false);
+            let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, io.flush_all()).await;
+            let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, io.writer.shutdown()).await;
+            log_close(refused.client_id.as_deref(), ctx.peer, CloseReason::Aborted, started, Some(&refused.why));
+        }
+    }
+}
+
+impl Broker {
+    pub(crate) fn stats_connect(&self, version: Version, accepted: bool) {
+        let result = if accepted { "accepted" } else { "refused" };
+        metrics::counter!(crate::metrics::CONNECTS, "protocol" => version.label(), "result" => result).increment(1);
+    }
+}
+
+/// A close before any session exists (no CONNECT, bad CONNECT, timeout).
+async fn close_early<R, W>(broker: &Broker, ctx: &ConnectionContext, mut io: Io<R, W>, reason: CloseReason, started: Instant)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, io.flush_all()).await;
+    let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, io.writer.shutdown()).await;
+    let _ = broker;
+    log_close(None, ctx.peer, reason, started, None);
+}
+
+pub(crate) fn log_close(client_id: Option<&str>, peer: SocketAddr, reason: CloseReason, started: Instant, detail: Option<&str>) {
+    metrics::counter!(crate::metrics::CONNECTIONS_CLOSED, "reason" => reason.label()).increment(1);
+    let duration_ms = started.elapsed().as_millis() as u64;
+    let client_id = client_id.unwrap_or("-");
+    match reason {
+        CloseReason::InternalError | CloseReason::IoException => {
+            tracing::warn!(client_id, %peer, reason = reason.label(), duration_ms, detail, "connection closed")
+        }
+        _ => tracing::info!(client_id, %peer, reason = reason.label(), duration_ms, detail, "connection closed"),
+    }
+}
+
+/// The socket halves and their buffers.
+struct Io<R, W> {
+    reader: R,
+    writer: W,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+}
+
+impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Io<R, W> {
+    async fn read_connect(&mut self, broker: &Broker, max: usize) -> Result<Box<Connect>, CloseReason> {
+        loop {
+            match protocol::decode(&mut self.rbuf, None, max) {
+                Ok(Some(Packet::Connect(connect))) => {
+                    broker.stats.bytes_received.increment(0);
+                    return Ok(connect);
+                }
+                Ok(Some(_)) => return Err(CloseReason::InvalidInboundMessage(InvalidKind::Protocol)),
+                Ok(None) => {}
+                Err(DecodeError::UnsupportedProtocolVersion(_)) => {
+                    // MQTT-3.1.2-2: answer with return code 0x01 and close. The 3.1.1 form is
+                    // the one every client level can read.
+                    let connack = Packet::ConnAck(ConnAck {
+                        session_present: false,
+                        reason_code: 0x84,
+                        properties: ConnAckProperties::default(),
+                    });
+                    let _ = protocol::encode(&connack, Version::V311, &mut self.wbuf);
+                    return Err(CloseReason::Aborted);
+                }
+                Err(error) => return Err(decode_close_reason(&error)),
+            }
+            self.rbuf.reserve(1024);
+            match self.reader.read_buf(&mut self.rbuf).await {
+                Ok(0) => return Err(CloseReason::ConnectionLost),
+                Ok(n) => broker.stats.bytes_received.increment(n as u64),
+                Err(_) => return Err(CloseReason::IoException),
+            }
+        }
+    }
+
+    async fn flush_all(&mut self) -> std::io::Result<()> {
+        while !self.wbuf.is_empty() {
+            let n = self.writer.write(&self.wbuf).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            self.wbuf.advance(n);
+        }
+        self.writer.flush().await
+    }
+}
+
+fn decode_close_reason(error: &DecodeError) -> CloseReason {
+    match error {
+        DecodeError::PacketTooLarge { .. } => CloseReason::MessageTooLarge,
+        DecodeError::Malformed(_) => CloseReason::InvalidInboundMessage(InvalidKind::Malformed),
+        DecodeError::Protocol(_) => CloseReason::InvalidInboundMessage(InvalidKind::Protocol),
+        DecodeError::TopicNameInvalid(_) => CloseReason::InvalidInboundMessage(InvalidKind::TopicName),
+        DecodeError::UnsupportedProtocolVersion(_) => CloseReason::Aborted,
+    }
+}
+
+/// A CONNECT that was refused with a CONNACK.
+struct Refused {
+    version: Version,
+    client_id: Option<String>,
+    why: String,
+}
+
+fn refuse<R, W>(io: &mut Io<R, W>, version: Version, code: u8, client_id: Option<String>, why: &str) -> Refused {
+    let connack = Packet::ConnAck(ConnAck { session_present: false, reason_code: code, properties: ConnAckProperties::default() });
+    let _ = protocol::encode(&connack, version, &mut io.wbuf);
+    Refused { version, client_id, why: why.to_string() }
+}
+
+/// Checks the CONNECT, takes the session from the table (taking it over from a connected
+/// owner if there is one), and sends CONNACK.
+async fn accept<R, W>(broker: &Arc<Broker>, ctx: &ConnectionContext, connect: Box<Connect>, io: &mut Io<R, W>) -> Result<Connection, Refused>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let version = connect.version;
+    let limits = &broker.config.limits;
+    if ctx.over_limit {
+        return Err(refuse(io, version, 0x97, Some(connect.client_id.clone()), "max_connections reached"));
+    }
+    if connect.authentication_method.is_some() {
+        return Err(refuse(io, version, 0x8C, Some(connect.client_id.clone()), "enhanced authentication is not supported"));
+    }
+    match broker.auth.check(connect.username.as_deref(), connect.password.as_ref()) {
+        AuthResult::Allowed => {}
+        AuthResult::BadCredentials => {
+            return Err(refuse(io, version, 0x86, Some(connect.client_id.clone()), "bad user name or password"));
+        }
+        AuthResult::NotAuthorized => {
+            return Err(refuse(io, version, 0x87, Some(connect.client_id.clone()), "not authorized"));
+        }
+    }
+    if let Some(will) = &connect.will {
+        if router::validate_topic_name(&will.topic).is_err() {
+            // The will topic is a topic name: no wildcards (MQTT-3.1.3-11 asks for a valid
+            // UTF-8 topic name; v5 names 0x90 Topic Name Invalid for a bad one).
+            return Err(refuse(io, version, 0x90, Some(connect.client_id.clone()), "invalid will topic"));
+        }
+    }
+
+    let mut assigned = None;
+    let client_id: Arc<str> = if connect.client_id.is_empty() {
+        if version == Version::V311 && !connect.clean_start {
+            // MQTT-3.1.3-8: an empty client id needs clean session 1 in 3.1.1.
+            return Err(refuse(io, version, 0x85, None, "empty client id without clean session"));
+        }
+        let id = broker.assign_client_id();
+        assigned = Some(id.clone());
+        Arc::from(id)
+    } else {
+        Arc::from(connect.client_id.as_str())
+    };
+
+    // Keep-alive: a cap from max_keep_alive. v5 tells the client (Server Keep Alive); 3.1.1
+    // has no way to, so, as Mosquitto does, a 3.1.1 client asking for more is refused with a
+    // reason it can log rather than cut off later for a rule it was never told.
+    let cap = u16::try_from(limits.max_keep_alive.as_secs()).unwrap_or(u16::MAX);
+    let mut keep_alive = connect.keep_alive;
+    let mut server_keep_alive = None;
+    if cap > 0 && (keep_alive == 0 || keep_alive > cap) {
+        if version == Version::V311 {
+            return Err(refuse(io, version, 0x85, Some(client_id.to_string()), "keep-alive above max_keep_alive"));
+        }
+        keep_alive = cap;
+        server_keep_alive = Some(cap);
+    }
+
+    let max_expiry = broker.max_session_expiry();
+    let (expiry, expiry_capped) = match version {
+        Version::V311 => (if connect.clean_start { 0 } else { max_expiry }, false),
+        Version::V5 => {
+            let asked = connect.session_expiry_interval.unwrap_or(0);
+            (asked.min(max_expiry), asked > max_expiry)
+        }
+    };
+
+    // Take the session.
+    let (control_tx, control_rx) = mpsc::unbounded_channel();
+    let new_outbox = || {
+        Arc::new(Outbox::new(
+            limits.max_queue_depth,
+            limits.max_queue_depth_disconnected,
+            limits.queue_full_policy,
+            broker.stats.queued.clone(),
+        ))
+    };
+    let attached = broker.registry.attach(&client_id, control_tx, connect.clean_start, new_outbox);
+    let previous = match attached.previous {
+        Previous::Nothing => None,
+        Previous::Waiting(session) => Some(session),
+        Previous::Connected(old) => {
+            let (reply_tx, reply_rx) = oneshot::channel();
+            if old.send(Control::TakeOver { reply: reply_tx }).is_ok() {
+                match tokio::time::timeout(TAKEOVER_TIMEOUT, reply_rx).await {
+                    Ok(Ok(session)) => session,
+                    Ok(Err(_)) => None,
+                    Err(_) => {
+                        tracing::warn!(client_id = %client_id, "takeover: the old connection did not hand its session over in time");
+                        None
+                    }
+                }
+            } else {
+                None
+            }
+        }
+    };
+    let mut session_present = false;
+    let mut session = match previous {
+        Some(old) if !connect.clean_start => {
+            session_present = true;
+            old
+        }
+        Some(old) => {
+            // Clean start: the old session ends here, its will (if still delayed) with it.
+            let outbox = attached.replaced_outbox.clone().unwrap_or_else(|| attached.outbox.clone());
+            broker.end_session(old, &outbox);
+            Box::new(Session::new(client_id.clone(), version))
+        }
+        None => {
+            if let Some(outbox) = &attached.replaced_outbox {
+                outbox.close();
+            }
+            Box::new(Session::new(client_id.clone(), version))
+        }
+    };
+    if let Some(outbox) = &attached.replaced_outbox {
+        outbox.close();
+    }
+    session.version = version;
+    session.expiry_interval = expiry;
+    // A resumed session's delayed will is cancelled: its client is back (MQTT-3.1.3-9 / v5
+    // §3.1.3.2.2); the new connection's will replaces it.
+    session.will = connect.will.clone();
+
+    let properties = if version == Version::V5 {
+        ConnAckProperties {
+            session_expiry_interval: expiry_capped.then_some(expiry),
+            receive_maximum: Some(limits.receive_maximum),
+            maximum_packet_size: Some(limits.max_packet_size),
+            assigned_client_identifier: assigned,
+            topic_alias_maximum: Some(INBOUND_TOPIC_ALIAS_MAX),
+            retain_available: Some(true),
+            wildcard_subscription_available: Some(true),
+            subscription_identifiers_available: Some(true),
+            shared_subscription_available: Some(true),
+            server_keep_alive,
+            ..ConnAckProperties::default()
+        }
+    } else {
+        ConnAckProperties::default()
+    };
+    let connack = Packet::ConnAck(ConnAck { session_present, reason_code: 0, properties });
+    if let Err(error) = protocol::encode(&connack, version, &mut io.wbuf) {
+        tracing::error!(%error, "CONNACK could not be encoded");
+    }
+    broker.stats_connect(version, true);
+    tracing::debug!(client_id = %client_id, peer = %ctx.peer, version = version.label(), session_present, "connected");
+
+    let now = Instant::now();
+    let keep_alive = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
+    let ttl = (!limits.connection_ttl.is_zero()).then_some(limits.connection_ttl);
+    let mut conn = Connection {
+        broker: broker.clone(),
+        peer: ctx.peer,
+        version,
+        client_id,
+        generation: attached.generation,
+        outbox: attached.outbox,
+        session,
+        control_rx,
+        shutdown: ctx.shutdown.clone(),
+        keep_alive,
+        ttl,
+        last_inbound: now,
+        client_receive_maximum: connect.receive_maximum.unwrap_or(u16::MAX).max(1),
+        client_maximum_packet_size: connect.maximum_packet_size,
+        client_topic_alias_maximum: connect.topic_alias_maximum.unwrap_or(0),
+        inbound_aliases: HashMap::new(),
+        outbound_aliases: HashMap::new(),
+        local: VecDeque::new(),
+        batch: Vec::new(),
+        will_on_close: false,
+        takeover_reply: None,
+        scratch: Vec::new(),
+    };
+    conn.resend_inflight(&mut io.wbuf);
+    Ok(conn)
+}
+
+/// A connected client's state. The session is owned here while connected.
+struct Connection {
+    broker: Arc<Broker>,
+    peer: SocketAddr,
+    version: Version,
+    client_id: Arc<str>,
+    /// This connection's generation in the session table (compare-and-act on detach).
+    generation: u64,
+    outbox: Arc<Outbox>,
+    session: Box<Session>,
+    /// The session table's mailbox to this connection (takeover, administrative close).
+    control_rx: mpsc::UnboundedReceiver<Control>,
+    shutdown: watch::Receiver<bool>,
+    /// 1.5 x the negotiated keep-alive; `None` = no keep-alive.
+    keep_alive: Option<Duration>,
+    /// `connection_ttl`: the server's own silence limit, whatever keep-alive was asked.
+    ttl: Option<Duration>,
+    /// When the last complete inbound packet arrived; only inbound packets move it.
+    last_inbound: Instant,
+    client_receive_maximum: u16,
+    client_maximum_packet_size: Option<u32>,
+    client_topic_alias_maximum: u16,
+    inbound_aliases: HashMap<u16, Arc<str>>,
+    outbound_aliases: HashMap<Arc<str>, u16>,
+    /// Deliveries for this connection alone (retained messages on subscribe): sent before
+    /// the outbox, not counted against the shared queue limit.
+    local: VecDeque<Delivery>,
+    /// Inbound publishes of the current read, routed together.
+    batch: Vec<Arc<Message>>,
+    /// A v5 DISCONNECT with 0x04 asked for the will.
+    will_on_close: bool,
+    takeover_reply: Option<oneshot::Sender<Option<Box<Session>>>>,
+    scratch: Vec<Delivery>,
+}
+
+impl Connection {
+    fn deadline(&self) -> Option<Instant> {
+        let by_keep_alive = self.keep_alive.map(|d| self.last_inbound + d);
+        let by_ttl = self.ttl.map(|d| self.last_inbound + d);
+        match (by_keep_alive, by_ttl) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    async fn run<R, W>(&mut self, io: &mut Io<R, W>) -> CloseReason
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let max = self.broker.config.limits.max_packet_size as usize;
+        let far = Instant::now() + Duration::from_secs(86_400 * 365);
+        let sleep = tokio::time::sleep_until(self.deadline().unwrap_or(far).into());
+        tokio::pin!(sleep);
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            if self.outbox.is_overflowed() {
+                return CloseReason::MessageQueueLimitReached;
+            }
+            self.pump(&mut io.wbuf);
+            if io.rbuf.capacity() - io.rbuf.len() < 512 {
+                io.rbuf.reserve(2048);
+            }
+            tokio::select! {
+                control = self.control_rx.recv() => match control {
+                    Some(Control::TakeOver { reply }) => {
+                        self.takeover_reply = Some(reply);
+                        return CloseReason::SessionTakenOver;
+                    }
+                    Some(Control::Close(reason)) => return reason,
+                    None => {}
+                },
+                _ = crate::server::stopped(&mut shutdown) => return CloseReason::ServerShutdown,
+                read = io.reader.read_buf(&mut io.rbuf), if io.rbuf.len() <= max => match read {
+                    Ok(0) => return CloseReason::ConnectionLost,
+                    Err(_) => return CloseReason::IoException,
+                    Ok(n) => {
+                        self.broker.stats.bytes_received.increment(n as u64);
+                        let before = self.last_inbound;
+                        if let Err(reason) = self.handle_input(&mut io.rbuf, &mut io.wbuf, max) {
+                            return reason;
+                        }
+                        if self.last_inbound != before {
+                            if let Some(deadline) = self.deadline() {
+                                sleep.as_mut().reset(deadline.into());
+                            }
+                        }
+                    }
+                },
+                written = io.writer.write(&io.wbuf), if !io.wbuf.is_empty() => match written {
+                    Ok(0) | Err(_) => return CloseReason::IoException,
+                    Ok(n) => {
+                        self.broker.stats.bytes_sent.increment(n as u64);
+                        io.wbuf.advance(n);
+                        if io.wbuf.is_empty() && io.wbuf.capacity() > 4 * WRITE_HIGH_WATER {
+                            io.wbuf = BytesMut::new();
+                        }
+                    }
+                },
+                _ = self.outbox.notified() => {},
+                _ = &mut sleep, if self.keep_alive.is_some() || self.ttl.is_some() => {
+                    return CloseReason::ClientUnresponsive;
+                }
+            }
+        }
+    }
+
+    /// Decodes every whole packet in `rbuf` and handles it; routes the publishes together.
+    fn handle_input(&mut self, rbuf: &mut BytesMut, wbuf: &mut BytesMut, max: usize) -> Result<(), CloseReason> {
+        let mut result = Ok(());
+        loop {
+            match protocol::decode(rbuf, Some(self.version), max) {
+                Ok(Some(packet)) => {
+                    self.last_inbound = Instant::now();
+                    if let Err(reason) = self.handle_packet(packet, wbuf) {
+                        result = Err(reason);
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    tracing::debug!(client_id = %self.client_id, %error, "bad inbound packet");
+                    result = Err(decode_close_reason(&error));
+                    break;
+                }
+            }
+        }
+        // Publishes accepted before a bad packet are still routed: their acks may be out.
+        if !self.batch.is_empty() {
+            self.broker.publish_batch(&self.batch, &self.client_id);
+            self.batch.clear();
+        }
+        result
+    }
+
+    fn send(&self, packet: &Packet, wbuf: &mut BytesMut) -> Result<(), CloseReason> {
+        protocol::encode(packet, self.version, wbuf).map_err(|error| {
+            tracing::error!(client_id = %self.client_id, %error, "outbound packet could not be encoded");
+            CloseReason::InternalError
+        })
+    }
+
+    fn handle_packet(&mut self, packet: Packet, wbuf: &mut BytesMut) -> Result<(), CloseReason> {
+        let protocol_error = CloseReason::InvalidInboundMessage(InvalidKind::Protocol);
+        match packet {
+            Packet::PingReq => self.send(&Packet::PingResp, wbuf),
+            Packet::Publish(publish) => self.handle_publish(publish, wbuf),
+            Packet::PubAck(ack) => {
+                if let Some(pos) = self.session.inflight_position(ack.packet_id) {
+                    if self.session.inflight_out[pos].state == OutboundState::AwaitingPubAck {
+                        self.session.inflight_out.remove(pos);
+                    }
+                }
+                Ok(())
+            }
+            Packet::PubRec(ack) => {
+                let pos = self.session.inflight_position(ack.packet_id);
+                match pos {
+                    Some(pos) if self.session.inflight_out[pos].state != OutboundState::AwaitingPubAck => {
+                        if ack.reason_code >= 0x80 {
+                            self.session.inflight_out.remove(pos);
+                            return Ok(());
+                        }
+                        self.session.inflight_out[pos].state = OutboundState::AwaitingPubComp;
+                        self.send(&Packet::PubRel(Ack::success(ack.packet_id)), wbuf)
+                    }
+                    _ => {
+                        // MQTT 5.0 §3.6.2.1: 0x92 Packet Identifier not found.
+                        let rel = Ack { packet_id: ack.packet_id, reason_code: 0x92, reason_string: None };
+                        self.send(&Packet::PubRel(rel), wbuf)
+                    }
+                }
+            }
+            Packet::PubRel(ack) => {
+                let found = self.session.inbound_qos2.remove(&ack.packet_id);
+                let reason_code = if found { 0 } else { 0x92 };
+                self.send(&Packet::PubComp(Ack { packet_id: ack.packet_id, reason_code, reason_string: None }), wbuf)
+            }
+            Packet::PubComp(ack) => {
+                if let Some(pos) = self.session.inflight_position(ack.packet_id) {
+                    if self.session.inflight_out[pos].state == OutboundState::AwaitingPubComp {
+                        self.session.inflight_out.remove(pos);
+                    }
+                }
+                Ok(())
+            }
+            Packet::Subscribe(subscribe) => self.handle_subscribe(subscribe, wbuf),
+            Packet::Unsubscribe(unsubscribe) => self.handle_unsubscribe(unsubscribe, wbuf),
+            Packet::Disconnect(disconnect) => self.handle_disconnect(disconnect),
+            Packet::Connect(_)
+            | Packet::ConnAck(_)
+            | Packet::SubAck(_)
+            | Packet::UnsubAck(_)
+            | Packet::PingResp
+            | Packet::Auth(_) => Err(protocol_error),
+        }
+    }
+
+    fn handle_publish(&mut self, mut publish: Publish, wbuf: &mut BytesMut) -> Result<(), CloseReason> {
+        // Topic aliases (v5 §3.3.2.3.4).
+        let topic: Arc<str> = match publish.topic_alias {
+            Some(alias) => {
+                if alias == 0 || alias > INBOUND_TOPIC_ALIAS_MAX {
+                    return Err(CloseReason::InvalidInboundMessage(InvalidKind::TopicAlias));
+                }
+                if publish.topic.is_empty() {
+                    match self.inbound_aliases.get(&alias) {
+                        Some(topic) => topic.clone(),
+                        None => return Err(CloseReason::InvalidInboundMessage(InvalidKind::Protocol)),
+                    }
+                } else {
+                    let topic: Arc<str> = Arc::from(publish.topic.as_str());
+                    self.inbound_aliases.insert(alias, topic.clone());
+                    topic
+                }
+            }
+            None => Arc::from(publish.topic.as_str()),
+        };
+        if router::validate_topic_name(&topic).is_err() {
+            return Err(CloseReason::InvalidInboundMessage(InvalidKind::TopicName));
+        }
+        self.broker.stats.received[publish.qos as usize].increment(1);
+        let duplicate = match publish.qos {
+            QoS::ExactlyOnce => {
+                if self.session.inbound_qos2.contains(&publish.packet_id) {
+                    true
+                } else {
+                    let limit = usize::from(self.broker.config.limits.receive_maximum);
+                    if self.session.inbound_qos2.len() >= limit {
+                        return Err(CloseReason::InvalidInboundMessage(InvalidKind::ReceiveMaximum));
+                    }
+                    self.session.inbound_qos2.insert(publish.packet_id);
+                    false
+                }
+            }
+            _ => false,
+        };
+        if !duplicate {
+            let now = Instant::now();
+            let expires_at = publish
+                .properties
+                .message_expiry_interval
+                .map(|secs| now + Duration::from_secs(u64::from(secs)));
+            let properties = std::mem::take(&mut publish.properties);
+            self.batch.push(Arc::new(Message {
+                topic,
+                payload: publish.payload,
+                qos: publish.qos,
+                retain: publish.retain,
+                properties,
+                expires_at,
+            }));
+        }
+        match publish.qos {
+            QoS::AtMostOnce => Ok(()),
+            QoS::AtLeastOnce => self.send(&Packet::PubAck(Ack::success(publish.packet_id)), wbuf),
+            QoS::ExactlyOnce => self.send(&Packet::PubRec(Ack::success(publish.packet_id)), wbuf),
+        }
+    }
+
+    fn handle_subscribe(&mut self, subscribe: Subscribe, wbuf: &mut BytesMut) -> Result<(), CloseReason> {
+        let mut reason_codes = Vec::with_capacity(subscribe.filters.len());
+        let mut retained_for: Vec<(String, QoS, Option<u32>)> = Vec::new();
+        {
+            let mut table = self.broker.subscriptions_mut();
+            for request in &subscribe.filters {
+                let parsed = match router::parse_filter(&request.filter) {
+                    Ok(parsed) => parsed,
+                    Err(_) => {
+                        reason_codes.push(if self.version == Version::V5 { 0x8F } else { 0x80 });
+                        continue;
+                    }
+                };
+                let shared = parsed.share_group.is_some();
+                if shared && request.no_local {
+                    // MQTT-3.8.3-4: No Local on a shared subscription is a Protocol Error.
+                    return Err(CloseReason::InvalidInboundMessage(InvalidKind::Protocol));
+                }
+                let plain_filter = parsed.filter.to_string();
+                let options = SubscriptionOptions {
+                    qos: request.qos,
+                    no_local: request.no_local,
+                    retain_as_published: request.retain_as_published,
+                    subscription_identifier: subscribe.subscription_identifier,
+                };
+                let existed = table.subscribe(&self.client_id, self.outbox.clone(), &request.filter, options.clone());
+                self.session.subscriptions.insert(request.filter.clone(), options);
+                reason_codes.push(request.qos as u8);
+                // Retained messages are not sent for shared subscriptions (MQTT 5.0 §4.8.2).
+                let send_retained = !shared
+                    && match request.retain_handling {
+                        RetainHandling::SendAtSubscribe => true,
+                        RetainHandling::SendIfNew => !existed,
+                        RetainHandling::DoNotSend => false,
+                    };
+                if send_retained {
+                    retained_for.push((plain_filter, request.qos, subscribe.subscription_identifier));
+                }
+            }
+            self.broker.stats.subscriptions.set(table.len() as f64);
+        }
+        let suback = SubAck { packet_id: subscribe.packet_id, reason_codes, reason_string: None };
+        self.send(&Packet::SubAck(suback), wbuf)?;
+        if !retained_for.is_empty() {
+            let retained = self.broker.retained();
+            let mut messages = Vec::new();
+            for (filter, qos, id) in retained_for {
+                messages.clear();
+                retained.matching(&filter, &mut messages);
+                for message in &messages {
+                    self.local.push_back(Delivery {
+                        message: message.clone(),
+                        qos: message.qos.min(qos),
+                        // MQTT-3.3.1-8: retained messages sent on subscribe keep RETAIN 1.
+                        retain: true,
+                        subscription_identifiers: id.into_iter().collect(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn handle_unsubscribe(&mut self, unsubscribe: Unsubscribe, wbuf: &mut BytesMut) -> Result<(), CloseReason> {
+        let mut reason_codes = Vec::with_capacity(unsubscribe.filters.len());
+        {
+            let mut table = self.broker.subscriptions_mut();
+            for filter in &unsubscribe.filters {
+                let existed = table.unsubscribe(&self.client_id, filter);
+                self.session.subscriptions.remove(filter);
+                reason_codes.push(if existed { 0x00 } else { 0x11 });
+            }
+            self.broker.stats.subscriptions.set(table.len() as f64);
+        }
+        self.send(&Packet::UnsubAck(UnsubAck { packet_id: unsubscribe.packet_id, reason_codes }), wbuf)
+    }
+
+    fn handle_disconnect(&mut self, disconnect: Disconnect) -> Result<(), CloseReason> {
+        if let Some(expiry) = disconnect.session_expiry_interval {
+            // MQTT-3.14.2-2: a session that was to end with its connection cannot be given
+            // an expiry at DISCONNECT.
+            if self.session.expiry_interval == 0 && expiry > 0 {
+                return Err(CloseReason::InvalidInboundMessage(InvalidKind::Protocol));
+            }
+            self.session.expiry_interval = expiry.min(self.broker.max_session_expiry());
+        }
+        self.will_on_close = disconnect.reason_code == 0x04;
+        Err(CloseReason::ClosedByClient)
+    }
+
+    /// After a resume: unacknowledged messages go again, PUBLISH with DUP, PUBREL as PUBREL
+    /// (MQTT-4.4.0-1).
+    fn resend_inflight(&mut self, wbuf: &mut BytesMut) {
+        let inflight: Vec<InflightOut> = self.session.inflight_out.iter().cloned().collect();
+        for entry in inflight {
+            match entry.state {
+                OutboundState::AwaitingPubAck | OutboundState::AwaitingPubRec => {
+                    let publish = self.outbound_publish(&entry.delivery, entry.packet_id, true, false);
+                    let _ = self.send(&Packet::Publish(publish), wbuf);
+                }
+                OutboundState::AwaitingPubComp => {
+                    let _ = self.send(&Packet::PubRel(Ack::success(entry.packet_id)), wbuf);
+                }
+            }
+        }
+    }
+
+    fn inflight_limit(&self) -> usize {
+        usize::from(self.broker.config.limits.max_inflight.min(self.client_receive_maximum))
+    }
+
+    /// Moves deliveries from the local list and the outbox into `wbuf`, within the in-flight
+    /// window and the write high-water mark.
+    fn pump(&mut self, wbuf: &mut BytesMut) {
+        while wbuf.len() < WRITE_HIGH_WATER {
+            let budget = self.inflight_limit().saturating_sub(self.session.inflight_out.len());
+            let mut batch = std::mem::take(&mut self.scratch);
+            while batch.len() < DRAIN_BATCH {
+                match self.local.front() {
+                    Some(front) if front.qos == QoS::AtMostOnce || budget > batch.iter().filter(|d| d.qos != QoS::AtMostOnce).count() => {
+                        if let Some(d) = self.local.pop_front() {
+                            batch.push(d);
+                        }
+                    }
+                    _ => break,
+                }
+            }
+            if self.local.is_empty() {
+                let used = batch.iter().filter(|d| d.qos != QoS::AtMostOnce).count();
+                let room = DRAIN_BATCH - batch.len();
+                self.outbox.drain(room, budget.saturating_sub(used), &mut batch);
+            }
+            if batch.is_empty() {
+                self.scratch = batch;
+                return;
+            }
+            for delivery in batch.drain(..) {
+                self.deliver(delivery, wbuf);
+            }
+            self.scratch = batch;
+        }
+    }
+
+    fn outbound_publish(&mut self, delivery: &Delivery, packet_id: u16, dup: bool, use_alias: bool) -> Publish {
+        let message = &delivery.message;
+        let mut publish = Publish {
+            dup,
+            qos: delivery.qos,
+            retain: delivery.retain,
+            topic: message.topic.to_string(),
+            packet_id,
+            payload: message.payload.clone(),
+            topic_alias: None,
+            subscription_identifiers: Vec::new(),
+            properties: Default::default(),
+        };
+        if self.version == Version::V5 {
+            publish.subscription_identifiers = delivery.subscription_identifiers.clone();
+            publish.properties = message.properties.clone();
+            publish.properties.message_expiry_interval = message.remaining_expiry(Instant::now());
+            if use_alias && self.client_topic_alias_maximum > 0 {
+                if let Some(alias) = self.outbound_aliases.get(&message.topic) {
+                    publish.topic_alias = Some(*alias);
+                    publish.topic.clear();
+                } else if self.outbound_aliases.len() < usize::from(self.client_topic_alias_maximum) {
+                    let alias = self.outbound_aliases.len() as u16 + 1;
+                    self.outbound_aliases.insert(message.topic.clone(), alias);
+                    publish.topic_alias = Some(alias);
+                }
+            }
+        }
+        publish
+    }
+
+    fn deliver(&mut self, delivery: Delivery, wbuf: &mut BytesMut) {
+        let broker = self.broker.clone();
+        let stats = &broker.stats;
+        if delivery.message.is_expired(Instant::now()) {
+            stats.dropped_expired.increment(1);
+            return;
+        }
+        let packet_id = if delivery.qos == QoS::AtMostOnce {
+            0
+        } else {
+            match self.session.allocate_packet_id() {
+                Some(id) => id,
+                None => return,
+            }
+        };
+        // The client's Maximum Packet Size (MQTT-3.1.2-24): measured without an alias, the
+        // largest form we might send.
+        let mut publish = self.outbound_publish(&delivery, packet_id, false, false);
+        if let Some(limit) = self.client_maximum_packet_size {
+            let size = protocol::encoded_len(&Packet::Publish(publish.clone()), self.version).unwrap_or(usize::MAX);
+            if size > limit as usize {
+                stats.dropped_too_large.increment(1);
+                return;
+            }
+        }
+        if self.version == Version::V5 && self.client_topic_alias_maximum > 0 {
+            publish = self.outbound_publish(&delivery, packet_id, false, true);
+        }
+        let qos = delivery.qos;
+        if self.send(&Packet::Publish(publish), wbuf).is_err() {
+            return;
+        }
+        stats.sent[qos as usize].increment(1);
+        if qos != QoS::AtMostOnce {
+            let state = if qos == QoS::AtLeastOnce { OutboundState::AwaitingPubAck } else { OutboundState::AwaitingPubRec };
+            self.session.inflight_out.push_back(InflightOut { packet_id, delivery, state });
+        }
+    }
+
+    /// Ends the connection: tell a v5 client why, flush what is owed within the deadline,
+    /// hand the session back (or over), fire the will, log and count once.
+    async fn finish<R, W>(mut self, mut io: Io<R, W>, reason: CloseReason, started: Instant)
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let peer_gone = matches!(reason, CloseReason::ConnectionLost | CloseReason::IoException);
+        if !peer_gone {
+            let deadline = if reason == CloseReason::ServerShutdown {
+                // Graceful shutdown: what was routed to this client before the stop goes out.
+                self.pump(&mut io.wbuf);
+                self.broker.config.limits.shutdown_drain
+            } else {
+                CLOSE_WRITE_TIMEOUT
+            };
+            if self.version == Version::V5 {
+                if let Some(code) = reason.disconnect_code() {
+                    let disconnect = Disconnect::with_reason(code, Some(reason.label().to_string()));
+                    let _ = self.send(&Packet::Disconnect(disconnect), &mut io.wbuf);
+                }
+            }
+            let _ = tokio::time::timeout(deadline, io.flush_all()).await;
+            let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, io.writer.shutdown()).await;
+        }
+        drop(io);
+
+        // The will (MQTT-3.1.2-8..10; v5 §3.1.3.2.2 for the delay).
+        let fire = self.will_on_close || reason.fires_will();
+        let survives = reason.session_survives() && self.session.expiry_interval > 0;
+        if !fire {
+            self.session.will = None;
+        } else if let Some(will) = self.session.will.take() {
+            let delayed = self.version == Version::V5 && will.delay_interval > 0 && survives;
+            if delayed {
+                // Fires from the waiting session when the delay passes, unless the client
+                // comes back first.
+                self.session.will = Some(will);
+            } else {
+                self.broker.publish_will(will, &self.client_id);
+            }
+        }
+
+        let will_delay = self.session.will.as_ref().map(|w| w.delay_interval);
+        let expiry = self.session.expiry_interval;
+        let session = std::mem::replace(&mut self.session, Box::new(Session::new(self.client_id.clone(), self.version)));
+        if let Some(reply) = self.takeover_reply.take() {
+            let _ = reply.send(Some(session));
+        } else {
+            match self.broker.registry.detach(&self.client_id, self.generation, session, survives) {
+                Detached::Kept => {
+                    self.broker.schedule_waiting_session(self.client_id.clone(), self.generation, will_delay, expiry);
+                }
+                Detached::Removed(session, outbox) => self.broker.end_session(session, &outbox),
+                Detached::NotOwner(session) => {
+                    // A takeover is under way: its request is, or is about to be, in the
+                    // mailbox (the new owner sends it right after taking the entry).
+                    let reply = tokio::time::timeout(TAKEOVER_TIMEOUT, async {
+                        while let Some(control) = self.control_rx.recv().await {
+                            if let Control::TakeOver { reply } = control {
+                                return Some(reply);
+                            }
+                        }
+                        None
+                    })
+                    .await;
+                    if let Ok(Some(reply)) = reply {
+                        let _ = reply.send(Some(session));
+                    }
+                }
+            }
+        }
+        log_close(Some(&self.client_id), self.peer, reason, started, None);
+    }
+}

@@ -1,0 +1,50 @@
+//! A published application message as the broker routes it: shared (`Arc`) between every
+//! subscriber's queue, so fan-out copies a pointer, not the payload.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use crate::protocol::{MessageProperties, QoS};
+
+#[derive(Debug)]
+pub struct Message {
+    pub topic: Arc<str>,
+    pub payload: Bytes,
+    /// The QoS the publisher used; a delivery gets min(this, granted).
+    pub qos: QoS,
+    /// The publisher's RETAIN flag (for Retain As Published).
+    pub retain: bool,
+    /// v5 properties passed through; `message_expiry_interval` is rewritten on send from
+    /// `expires_at`, so the subscriber sees the time left (MQTT-3.3.2-6).
+    pub properties: MessageProperties,
+    pub expires_at: Option<Instant>,
+}
+
+impl Message {
+    pub fn is_expired(&self, now: Instant) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
+
+    /// Whole seconds left before expiry (at least 1 while not expired), for the outbound
+    /// Message Expiry Interval.
+    pub fn remaining_expiry(&self, now: Instant) -> Option<u32> {
+        self.expires_at.map(|at| {
+            let left = at.saturating_duration_since(now);
+            u32::try_from(left.as_secs().max(1)).unwrap_or(u32::MAX)
+        })
+    }
+}
+
+/// One message on its way to one subscriber.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    pub message: Arc<Message>,
+    /// min(publish QoS, granted QoS).
+    pub qos: QoS,
+    /// The RETAIN flag to send: set for retained messages sent on subscribe, or when the
+    /// subscription asked for Retain As Published.
+    pub retain: bool,
+    pub subscription_identifiers: Vec<u32>,
+}

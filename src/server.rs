@@ -1,0 +1,217 @@
+//! Listeners, the accept loop, the connection limit, the metrics endpoint, and graceful
+//! shutdown: stop accepting, tell every connection to finish (v5 clients get DISCONNECT
+//! 0x8B after their pending output), wait for them within the drain deadline.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::auth::{AuthError, Authenticator};
+use crate::broker::Broker;
+use crate::close::CloseReason;
+use crate::config::{Config, ConfigError};
+use crate::connection::{self, ConnectionContext};
+use crate::tls::TlsError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("{key}: cannot listen on {addr}: {source}")]
+    Bind { key: String, addr: SocketAddr, source: std::io::Error },
+}
+
+/// A running broker. Dropping it does not stop it; call [`Server::shutdown`].
+pub struct Server {
+    broker: Arc<Broker>,
+    listeners: Vec<(String, SocketAddr)>,
+    metrics_addr: Option<SocketAddr>,
+    shutdown_tx: watch::Sender<bool>,
+    /// Every connection task holds a clone of the sender; all dropped = all finished.
+    drained_rx: mpsc::Receiver<()>,
+    drain_tx: Option<mpsc::Sender<()>>,
+    accept_tasks: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Binds every listener (and the metrics endpoint) and starts serving.
+    pub async fn start(config: Config) -> Result<Server, StartError> {
+        config.validate()?;
+        let auth = Authenticator::from_config(&config.auth)?;
+        let mut acceptors = Vec::new();
+        for (name, listener) in &config.listeners {
+            let tls = match &listener.tls {
+                Some(tls) => Some((crate::tls::acceptor(name, tls)?, tls.handshake_timeout)),
+                None => None,
+            };
+            let socket = TcpListener::bind(listener.bind).await.map_err(|source| StartError::Bind {
+                key: format!("listeners.{name}.bind"),
+                addr: listener.bind,
+                source,
+            })?;
+            acceptors.push((name.clone(), socket, tls));
+        }
+        let handle = crate::metrics::install();
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let metrics_addr = if config.metrics.enabled {
+            let bind = config.metrics.bind;
+            let socket = TcpListener::bind(bind).await.map_err(|source| StartError::Bind {
+                key: "metrics.bind".to_string(),
+                addr: bind,
+                source,
+            })?;
+            let addr = socket.local_addr().ok();
+            let mut stop = shutdown_rx.clone();
+            tokio::spawn(crate::metrics::serve(socket, handle, async move {
+                let _ = crate::server::stopped(&mut stop).await;
+            }));
+            addr
+        } else {
+            None
+        };
+
+        let broker = Arc::new(Broker::new(config, auth));
+        let (drain_tx, drained_rx) = mpsc::channel(1);
+        let mut listeners = Vec::new();
+        let mut accept_tasks = Vec::new();
+        for (name, socket, tls) in acceptors {
+            let addr = socket.local_addr().map_err(|source| StartError::Bind {
+                key: format!("listeners.{name}.bind"),
+                addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+                source,
+            })?;
+            tracing::info!(listener = %name, %addr, tls = tls.is_some(), "listening");
+            listeners.push((name.clone(), addr));
+            accept_tasks.push(tokio::spawn(accept_loop(
+                broker.clone(),
+                socket,
+                tls,
+                shutdown_rx.clone(),
+                drain_tx.clone(),
+            )));
+        }
+        Ok(Server {
+            broker,
+            listeners,
+            metrics_addr,
+            shutdown_tx,
+            drained_rx,
+            drain_tx: Some(drain_tx),
+            accept_tasks,
+        })
+    }
+
+    /// The bound address of listener `name` (useful with port 0).
+    pub fn local_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.listeners.iter().find(|(n, _)| n == name).map(|(_, a)| *a)
+    }
+
+    pub fn listeners(&self) -> &[(String, SocketAddr)] {
+        &self.listeners
+    }
+
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    pub fn broker(&self) -> &Arc<Broker> {
+        &self.broker
+    }
+
+    /// Graceful shutdown. Returns once every connection has finished (each has the drain
+    /// deadline for its pending output) or a grace period past the deadline has passed.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown_tx.send(true);
+        for task in self.accept_tasks.drain(..) {
+            let _ = task.await;
+        }
+        self.broker.registry.signal_all(CloseReason::ServerShutdown);
+        drop(self.drain_tx.take());
+        let limit = self.broker.config.limits.shutdown_drain + Duration::from_secs(2);
+        if tokio::time::timeout(limit, self.drained_rx.recv()).await.is_err() {
+            tracing::warn!("shutdown: connections still open after the drain deadline");
+        }
+    }
+}
+
+/// Resolves once shutdown is signalled (or the signal's sender is gone). Returns `()` so no
+/// watch guard is held across an `.await` in a `select!`.
+pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// Counts an open connection; the count drops when the task ends, however it ends.
+struct ConnectionSlot(Arc<Broker>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+        self.0.stats.connections.decrement(1.0);
+    }
+}
+
+async fn accept_loop(
+    broker: Arc<Broker>,
+    socket: TcpListener,
+    tls: Option<(tokio_rustls::TlsAcceptor, Duration)>,
+    mut shutdown: watch::Receiver<bool>,
+    drain: mpsc::Sender<()>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = socket.accept() => accepted,
+            _ = crate::server::stopped(&mut shutdown) => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(error) => {
+                // Out of file descriptors and the like: log, breathe, go on.
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let open = broker.connections.fetch_add(1, Ordering::Relaxed) + 1;
+        broker.stats.connections.increment(1.0);
+        let slot = ConnectionSlot(broker.clone());
+        let ctx = ConnectionContext {
+            broker: broker.clone(),
+            peer,
+            over_limit: open > broker.config.limits.max_connections,
+            shutdown: shutdown.clone(),
+        };
+        let tls = tls.clone();
+        let drain = drain.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let _drain = drain;
+            serve_socket(ctx, stream, tls).await;
+        });
+    }
+}
+
+async fn serve_socket(ctx: ConnectionContext, stream: TcpStream, tls: Option<(tokio_rustls::TlsAcceptor, Duration)>) {
+    match tls {
+        None => connection::serve(ctx, stream).await,
+        Some((acceptor, timeout)) => {
+            let started = Instant::now();
+            match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls_stream)) => connection::serve(ctx, tls_stream).await,
+                Ok(Err(error)) => {
+                    connection::log_close(None, ctx.peer, CloseReason::IoException, started, Some(&format!("TLS handshake failed: {error}")))
+                }
+                Err(_) => connection::log_close(None, ctx.peer, CloseReason::IoException, started, Some("TLS handshake timed out")),
+            }
+        }
+    }
+}
