@@ -1,0 +1,192 @@
+//! Test helpers: a broker started in-process on 127.0.0.1:0 (never a fixed port), a raw
+//! MQTT client for hostile and exact-byte tests, and a metrics scraper.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use brokk::config::{Config, ListenerConfig};
+use brokk::protocol::{self, Connect, Packet, Version};
+use brokk::server::Server;
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub struct TestBroker {
+    server: Option<Server>,
+    pub addr: SocketAddr,
+    pub metrics: Option<SocketAddr>,
+}
+
+pub fn test_config() -> Config {
+    let mut config = Config::default();
+    config.listeners.clear();
+    config.listeners.insert(
+        "tcp".to_string(),
+        ListenerConfig { bind: "127.0.0.1:0".parse().expect("addr"), tls: None },
+    );
+    config.metrics.bind = "127.0.0.1:0".parse().expect("addr");
+    config
+}
+
+pub async fn start() -> TestBroker {
+    start_with(|_| {}).await
+}
+
+pub async fn start_with(change: impl FnOnce(&mut Config)) -> TestBroker {
+    let mut config = test_config();
+    change(&mut config);
+    let server = Server::start(config).await.expect("broker starts");
+    let addr = server.local_addr("tcp").expect("tcp listener");
+    let metrics = server.metrics_addr();
+    TestBroker { server: Some(server), addr, metrics }
+}
+
+impl TestBroker {
+    pub fn server(&self) -> &Server {
+        self.server.as_ref().expect("running")
+    }
+
+    /// Shuts the broker down and asserts it finished.
+    pub async fn stop(mut self) {
+        let server = self.server.take().expect("running");
+        tokio::time::timeout(Duration::from_secs(15), server.shutdown()).await.expect("broker stops in time");
+    }
+
+    pub async fn metrics_text(&self) -> String {
+        let addr = self.metrics.expect("metrics enabled");
+        let mut stream = TcpStream::connect(addr).await.expect("metrics connect");
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("request");
+        let mut body = String::new();
+        tokio::time::timeout(WAIT, stream.read_to_string(&mut body)).await.expect("metrics in time").expect("read");
+        body
+    }
+
+    /// The value of one metric line, e.g. `metric(&text, "brokk_connections_closed_total{reason=\"aborted\"}")`.
+    pub async fn metric(&self, series: &str) -> f64 {
+        metric_value(&self.metrics_text().await, series)
+    }
+
+    /// Waits until `series` reaches at least `value` (metrics are updated after the socket
+    /// closes, so a test awaits the count rather than sleeping).
+    pub async fn wait_metric(&self, series: &str, value: f64) -> f64 {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let now = self.metric(series).await;
+            if now >= value || tokio::time::Instant::now() > deadline {
+                return now;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        // A failing test still must not leave the broker serving: signal it to stop.
+        if let Some(server) = self.server.take() {
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn(server.shutdown());
+            }
+        }
+    }
+}
+
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| {
+            let rest = line.strip_prefix(series)?;
+            rest.trim().parse::<f64>().ok()
+        })
+        .unwrap_or(0.0)
+}
+
+/// A raw MQTT client: exact bytes out, decoded packets in.
+pub struct Raw {
+    pub stream: TcpStream,
+    buf: BytesMut,
+    pub version: Version,
+}
+
+impl Raw {
+    pub async fn open(addr: SocketAddr) -> Raw {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        Raw { stream, buf: BytesMut::new(), version: Version::V5 }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        // The broker may close first; a failed write shows up as a closed connection later.
+        let _ = self.stream.write_all(bytes).await;
+    }
+
+    pub async fn send_packet(&mut self, packet: &Packet) {
+        let mut out = BytesMut::new();
+        protocol::encode(packet, self.version, &mut out).expect("encode");
+        self.send(&out).await;
+    }
+
+    /// The next packet, or `None` once the broker closed the connection.
+    pub async fn recv(&mut self) -> Option<Packet> {
+        tokio::time::timeout(WAIT, self.recv_inner()).await.expect("a packet or a close in time")
+    }
+
+    async fn recv_inner(&mut self) -> Option<Packet> {
+        loop {
+            match protocol::decode(&mut self.buf, Some(self.version), usize::MAX >> 4) {
+                Ok(Some(packet)) => return Some(packet),
+                Ok(None) => {}
+                Err(error) => panic!("broker sent a bad packet: {error}"),
+            }
+            match self.stream.read_buf(&mut self.buf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Reads until the broker closes; returns what it sent before.
+    pub async fn until_closed(&mut self) -> Vec<Packet> {
+        let mut packets = Vec::new();
+        while let Some(packet) = self.recv().await {
+            packets.push(packet);
+        }
+        packets
+    }
+
+    /// Sends CONNECT and returns the CONNACK.
+    pub async fn connect(addr: SocketAddr, connect: Connect) -> (Raw, brokk::protocol::ConnAck) {
+        let mut raw = Raw::open(addr).await;
+        raw.version = connect.version;
+        raw.send_packet(&Packet::Connect(Box::new(connect))).await;
+        match raw.recv().await {
+            Some(Packet::ConnAck(connack)) => (raw, connack),
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+    }
+}
+
+pub fn connect_packet(version: Version, client_id: &str) -> Connect {
+    Connect {
+        version,
+        client_id: client_id.to_string(),
+        clean_start: true,
+        keep_alive: 60,
+        username: None,
+        password: None,
+        will: None,
+        session_expiry_interval: None,
+        receive_maximum: None,
+        maximum_packet_size: None,
+        topic_alias_maximum: None,
+        request_response_information: None,
+        request_problem_information: None,
+        authentication_method: None,
+        authentication_data: None,
+        user_properties: Vec::new(),
+    }
+}
