@@ -200,6 +200,9 @@ pub enum ConfigError {
 
 impl Config {
     /// The built-in file (or `path`), then `BROKK_<SECTION>__<KEY>` overrides, validated.
+    ///
+    /// Variable names are lowercased, so an override reaches only lowercase listener names:
+    /// `BROKK_LISTENERS__TCP__BIND` sets `listeners.tcp.bind`, never `listeners.TCP.bind`.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
         load_with_env(path, std::env::vars())
     }
