@@ -120,7 +120,10 @@ impl Default for Config {
         let mut listeners = BTreeMap::new();
         listeners.insert(
             "tcp".to_string(),
-            ListenerConfig { bind: SocketAddr::from(([0, 0, 0, 0], 1883)), tls: None },
+            ListenerConfig {
+                bind: SocketAddr::from(([0, 0, 0, 0], 1883)),
+                tls: None,
+            },
         );
         Config {
             listeners,
@@ -135,7 +138,10 @@ impl Default for Config {
 
 impl Default for MetricsConfig {
     fn default() -> Self {
-        MetricsConfig { enabled: true, bind: SocketAddr::from(([0, 0, 0, 0], 9883)) }
+        MetricsConfig {
+            enabled: true,
+            bind: SocketAddr::from(([0, 0, 0, 0], 9883)),
+        }
     }
 }
 
@@ -159,19 +165,27 @@ impl Default for Limits {
 
 impl Default for SessionConfig {
     fn default() -> Self {
-        SessionConfig { max_session_expiry: Duration::from_secs(2 * 3600) }
+        SessionConfig {
+            max_session_expiry: Duration::from_secs(2 * 3600),
+        }
     }
 }
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        AuthConfig { allow_anonymous: true, password_file: PathBuf::new() }
+        AuthConfig {
+            allow_anonymous: true,
+            password_file: PathBuf::new(),
+        }
     }
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { level: "info".to_string(), format: LogFormat::Text }
+        LogConfig {
+            level: "info".to_string(),
+            format: LogFormat::Text,
+        }
     }
 }
 
@@ -186,18 +200,561 @@ pub enum ConfigError {
 
 impl Config {
     /// The built-in file (or `path`), then `BROKK_<SECTION>__<KEY>` overrides, validated.
+    ///
+    /// Variable names are lowercased, so an override reaches only lowercase listener names:
+    /// `BROKK_LISTENERS__TCP__BIND` sets `listeners.tcp.bind`, never `listeners.TCP.bind`.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
-        let _ = path;
-        todo!("config helper")
+        load_with_env(path, std::env::vars())
     }
 
     /// Parses TOML text alone (no environment), validated. For tests and `--check-config`.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let _ = text;
-        todo!("config helper")
+        let config = build(text, "the configuration", std::iter::empty())?;
+        config.validate()?;
+        Ok(config)
     }
 
+    /// Checks what types alone cannot: ranges, at least one listener, unique binds, TLS files.
+    ///
+    /// `max_queue_depth_disconnected` is deliberately not required to be >= `max_queue_depth`:
+    /// an operator may well want offline sessions to hold less than live ones.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        todo!("config helper")
+        fn invalid(key: &str, why: impl Into<String>) -> ConfigError {
+            ConfigError::Invalid {
+                key: key.to_string(),
+                why: why.into(),
+            }
+        }
+        if self.listeners.is_empty() {
+            return Err(invalid("listeners", "at least one listener is required"));
+        }
+        let mut binds: BTreeMap<SocketAddr, &str> = BTreeMap::new();
+        for (name, listener) in &self.listeners {
+            if let Some(other) = binds.insert(listener.bind, name) {
+                return Err(invalid(
+                    &format!("listeners.{name}.bind"),
+                    format!("{} is already used by listeners.{other}", listener.bind),
+                ));
+            }
+            if let Some(tls) = &listener.tls {
+                let files = [("cert", Some(&tls.cert)), ("key", Some(&tls.key))];
+                let ca = [("client_ca", tls.client_ca.as_ref())];
+                for (field, file) in files.iter().chain(ca.iter()) {
+                    if let Some(file) = file {
+                        check_readable(&format!("listeners.{name}.tls.{field}"), file)?;
+                    }
+                }
+                if tls.handshake_timeout.is_zero() {
+                    return Err(invalid(
+                        &format!("listeners.{name}.tls.handshake_timeout"),
+                        "must be greater than 0",
+                    ));
+                }
+            }
+        }
+        if self.metrics.enabled && self.listeners.values().any(|l| l.bind == self.metrics.bind) {
+            return Err(invalid(
+                "metrics.bind",
+                format!("{} is also a listener", self.metrics.bind),
+            ));
+        }
+        let limits = &self.limits;
+        if !(MIN_PACKET_SIZE..=MAX_PACKET_SIZE).contains(&limits.max_packet_size) {
+            return Err(invalid(
+                "limits.max_packet_size",
+                format!(
+                    "{} is out of range: must be between {MIN_PACKET_SIZE} and {MAX_PACKET_SIZE}",
+                    limits.max_packet_size
+                ),
+            ));
+        }
+        if limits.max_connections == 0 {
+            return Err(invalid("limits.max_connections", "must be at least 1"));
+        }
+        if limits.receive_maximum == 0 {
+            return Err(invalid("limits.receive_maximum", "must be at least 1"));
+        }
+        if limits.max_inflight == 0 {
+            return Err(invalid("limits.max_inflight", "must be at least 1"));
+        }
+        if limits.max_queue_depth == 0 {
+            return Err(invalid("limits.max_queue_depth", "must be at least 1"));
+        }
+        if limits.max_queue_depth_disconnected == 0 {
+            return Err(invalid(
+                "limits.max_queue_depth_disconnected",
+                "must be at least 1",
+            ));
+        }
+        if limits.connect_timeout.is_zero() {
+            return Err(invalid("limits.connect_timeout", "must be greater than 0"));
+        }
+        Ok(())
+    }
+}
+
+/// The smallest packet limit that still admits a CONNECT with an empty client id.
+const MIN_PACKET_SIZE: u32 = 16;
+/// The largest MQTT packet: 268435455 bytes of remaining length + 5 bytes of fixed header.
+const MAX_PACKET_SIZE: u32 = 268_435_460;
+
+fn check_readable(key: &str, path: &Path) -> Result<(), ConfigError> {
+    let invalid = |why: String| ConfigError::Invalid {
+        key: key.to_string(),
+        why,
+    };
+    if path.as_os_str().is_empty() {
+        return Err(invalid("must not be empty".to_string()));
+    }
+    // Opening (not just stat-ing) catches permission problems at --check-config time rather
+    // than at the first TLS handshake.
+    match std::fs::File::open(path) {
+        Ok(file) => match file.metadata() {
+            Ok(meta) if meta.is_file() => Ok(()),
+            Ok(_) => Err(invalid(format!("{} is not a file", path.display()))),
+            Err(e) => Err(invalid(format!("{}: {e}", path.display()))),
+        },
+        Err(e) => Err(invalid(format!("cannot read {}: {e}", path.display()))),
+    }
+}
+
+/// `load` with the environment passed in, so tests need not touch the process environment
+/// (tests run in parallel threads of one process, and `set_var` would race).
+fn load_with_env(
+    path: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Config, ConfigError> {
+    let config = match path {
+        None => build(BUILT_IN, "the built-in configuration", env)?,
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| ConfigError::Load(format!("{}: {e}", path.display())))?;
+            build(&text, &path.display().to_string(), env)?
+        }
+    };
+    config.validate()?;
+    Ok(config)
+}
+
+const ENV_PREFIX: &str = "BROKK_";
+
+/// Merges the TOML text and the environment overrides into a typed `Config` (not validated).
+fn build(
+    text: &str,
+    origin: &str,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Config, ConfigError> {
+    // Only `BROKK_<SECTION>__<KEY>` names are overrides. Every top-level key is a section, so a
+    // name without `__` cannot be one; it is more likely some other BROKK_ variable (say, one
+    // the CLI reads), and turning it into an "unknown section" error would be hostile.
+    let env: config::Map<String, String> = env
+        .into_iter()
+        .filter(|(name, _)| {
+            name.get(..ENV_PREFIX.len())
+                .is_some_and(|p| p.eq_ignore_ascii_case(ENV_PREFIX))
+                && name[ENV_PREFIX.len()..].contains("__")
+        })
+        .collect();
+    // Remembered so an error can say which variable supplied the bad value.
+    let env_names: Vec<String> = env.keys().cloned().collect();
+    let built = config::Config::builder()
+        .add_source(config::File::from_str(text, config::FileFormat::Toml))
+        .add_source(
+            config::Environment::with_prefix("BROKK")
+                // The prefix is joined by one underscore, levels by two (see CONTRACT.md).
+                .prefix_separator("_")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(env)),
+        )
+        .build()
+        .map_err(|e| convert_error(e, origin, &env_names))?;
+    built
+        .try_deserialize()
+        .map_err(|e| convert_error(e, origin, &env_names))
+}
+
+/// Turns the config crate's errors into "key: why" with wording aimed at someone editing
+/// broker.toml (the crate's own messages put the key last and speak serde).
+fn convert_error(error: config::ConfigError, origin: &str, env_names: &[String]) -> ConfigError {
+    use config::ConfigError as E;
+    match error {
+        E::At {
+            error,
+            key: Some(key),
+            ..
+        } => invalid_at(&key, reword(&key, &error.to_string()), env_names),
+        E::Type {
+            unexpected,
+            expected,
+            key: Some(key),
+            ..
+        } => invalid_at(
+            &key,
+            format!("invalid type: {unexpected}, expected {expected}"),
+            env_names,
+        ),
+        E::NotFound(key) => ConfigError::Invalid {
+            key,
+            why: "required but missing".to_string(),
+        },
+        E::Message(message) => match unknown_field(&message) {
+            // Only the top level reports an unknown key without a path: it is a section.
+            Some((name, expected)) => {
+                invalid_at(name, format!("unknown section{expected}"), env_names)
+            }
+            None => ConfigError::Load(format!("{origin}: {message}")),
+        },
+        E::FileParse { cause, .. } => ConfigError::Load(format!("{origin}: {cause}")),
+        other => ConfigError::Load(format!("{origin}: {other}")),
+    }
+}
+
+fn invalid_at(key: &str, mut why: String, env_names: &[String]) -> ConfigError {
+    // The crate does not reliably carry a value's origin into deserialization errors, so look
+    // for the variable that would have set this key (or, for an unknown field, a key under it).
+    let var = format!("{ENV_PREFIX}{}", key.to_uppercase().replace('.', "__"));
+    let from_env = env_names.iter().find(|name| {
+        let name = name.to_uppercase();
+        name == var
+            || name
+                .strip_prefix(&var)
+                .is_some_and(|rest| rest.starts_with("__"))
+    });
+    if let Some(name) = from_env {
+        why.push_str(&format!(" (from environment variable {name})"));
+    }
+    ConfigError::Invalid {
+        key: key.to_string(),
+        why,
+    }
+}
+
+/// Splits serde's "unknown field `x`, expected ..." into the name and ", expected ..." part.
+fn unknown_field(message: &str) -> Option<(&str, String)> {
+    let rest = message.strip_prefix("unknown field `")?;
+    let (name, tail) = rest.split_once('`')?;
+    let expected = tail
+        .strip_prefix(", ")
+        .map(|e| format!(" ({e})"))
+        .unwrap_or_default();
+    Some((name, expected))
+}
+
+fn reword(key: &str, why: &str) -> String {
+    if let Some((name, expected)) = unknown_field(why) {
+        return format!("unknown field `{name}`{expected}");
+    }
+    if let Some(value) = why
+        .strip_prefix("invalid value: string ")
+        .and_then(|w| w.strip_suffix(", expected a duration"))
+    {
+        return format!("invalid duration {value} (write e.g. \"500ms\", \"30s\", \"2h\")");
+    }
+    if let Some(value) = why
+        .strip_prefix("enum ")
+        .and_then(|w| w.split_once(" does not have variant constructor "))
+        .map(|(_, v)| v)
+    {
+        let expected = match key.rsplit('.').next() {
+            Some("queue_full_policy") => " (expected disconnect, drop_oldest or drop_newest)",
+            Some("format") => " (expected text or json)",
+            _ => "",
+        };
+        return format!("unknown value \"{value}\"{expected}");
+    }
+    if why == "invalid socket address syntax" {
+        return "invalid address (write e.g. \"0.0.0.0:1883\" or \"[::]:1883\")".to_string();
+    }
+    why.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
+        vars.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn error(text: &str) -> String {
+        match Config::from_toml(text) {
+            Ok(config) => panic!("accepted: {config:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    fn invalid_key(text: &str) -> String {
+        match Config::from_toml(text) {
+            Err(ConfigError::Invalid { key, .. }) => key,
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn built_in_file_equals_defaults() {
+        let parsed = Config::from_toml(BUILT_IN).unwrap();
+        assert_eq!(parsed, Config::default());
+        assert_eq!(load_with_env(None, Vec::new()).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn empty_file_takes_defaults() {
+        assert_eq!(Config::from_toml("").unwrap(), Config::default());
+        let partial = Config::from_toml("[limits]\nmax_packet_size = 2048\n").unwrap();
+        assert_eq!(partial.limits.max_packet_size, 2048);
+        assert_eq!(partial.limits.max_inflight, Limits::default().max_inflight);
+        assert_eq!(partial.listeners, Config::default().listeners);
+    }
+
+    #[test]
+    fn full_file_parses() {
+        let config = Config::from_toml(
+            r#"
+            [listeners.a]
+            bind = "127.0.0.1:1883"
+            [listeners.b]
+            bind = "[::1]:1884"
+            [metrics]
+            enabled = false
+            bind = "127.0.0.1:9000"
+            [limits]
+            connect_timeout = "500ms"
+            max_keep_alive = "1m"
+            queue_full_policy = "drop_oldest"
+            shutdown_drain = "1s"
+            [session]
+            max_session_expiry = "1d"
+            [auth]
+            allow_anonymous = false
+            password_file = "/etc/brokk/passwd"
+            [log]
+            level = "debug"
+            format = "json"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.listeners.len(), 2);
+        assert!(!config.metrics.enabled);
+        assert_eq!(config.limits.connect_timeout, Duration::from_millis(500));
+        assert_eq!(config.limits.max_keep_alive, Duration::from_secs(60));
+        assert_eq!(config.limits.queue_full_policy, QueueFullPolicy::DropOldest);
+        assert_eq!(
+            config.session.max_session_expiry,
+            Duration::from_secs(86400)
+        );
+        assert_eq!(
+            config.auth.password_file,
+            PathBuf::from("/etc/brokk/passwd")
+        );
+        assert_eq!(config.log.format, LogFormat::Json);
+    }
+
+    #[test]
+    fn unknown_keys_are_named_with_their_section() {
+        let e = error("[limits]\nmax_pakcet_size = 3\n");
+        assert!(
+            e.starts_with("limits: unknown field `max_pakcet_size`"),
+            "{e}"
+        );
+        let e = error("[listeners.tcp]\nbind = \"0.0.0.0:1883\"\nport = 1\n");
+        assert!(e.starts_with("listeners.tcp: unknown field `port`"), "{e}");
+        let e = error(
+            "[listeners.s]\nbind = \"0.0.0.0:8883\"\ntls = { cert = \"a\", key = \"b\", ca = \"c\" }\n",
+        );
+        assert!(e.starts_with("listeners.s.tls: unknown field `ca`"), "{e}");
+        let e = error("[limitz]\nx = 1\n");
+        assert!(e.starts_with("limitz: unknown section"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let e = error("[limits]\nconnect_timeout = \"ten\"\n");
+        assert!(
+            e.starts_with("limits.connect_timeout: invalid duration \"ten\""),
+            "{e}"
+        );
+        let e = error("[limits]\nmax_packet_size = \"big\"\n");
+        assert!(e.starts_with("limits.max_packet_size: invalid type"), "{e}");
+        let e = error("[limits]\nreceive_maximum = 70000\n");
+        assert!(e.starts_with("limits.receive_maximum:"), "{e}");
+        let e = error("[limits]\nqueue_full_policy = \"drop_all\"\n");
+        assert!(
+            e.starts_with("limits.queue_full_policy: unknown value \"drop_all\""),
+            "{e}"
+        );
+        let e = error("[listeners.tcp]\nbind = \"localhost\"\n");
+        assert!(e.starts_with("listeners.tcp.bind: invalid address"), "{e}");
+        let e = error("[listeners.tcp]\n");
+        assert!(e.starts_with("listeners.tcp.bind: required"), "{e}");
+        let e = error("[limits\n");
+        assert!(e.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn env_overrides_apply_after_the_file() {
+        let vars = env(&[
+            ("BROKK_LIMITS__MAX_PACKET_SIZE", "65536"),
+            ("BROKK_LISTENERS__TCP__BIND", "127.0.0.1:1884"),
+            ("BROKK_AUTH__ALLOW_ANONYMOUS", "false"),
+            ("BROKK_LIMITS__CONNECT_TIMEOUT", "3s"),
+            ("BROKK_LIMITS__QUEUE_FULL_POLICY", "drop_newest"),
+            // Not overrides: no section separator, or another prefix.
+            ("BROKK_CONFIG", "/nonexistent.toml"),
+            ("OTHER_LIMITS__MAX_PACKET_SIZE", "1"),
+        ]);
+        let config = load_with_env(None, vars).unwrap();
+        assert_eq!(config.limits.max_packet_size, 65536);
+        assert_eq!(
+            config.listeners["tcp"].bind,
+            "127.0.0.1:1884".parse().unwrap()
+        );
+        assert_eq!(config.listeners.len(), 1);
+        assert!(!config.auth.allow_anonymous);
+        assert_eq!(config.limits.connect_timeout, Duration::from_secs(3));
+        assert_eq!(config.limits.queue_full_policy, QueueFullPolicy::DropNewest);
+    }
+
+    #[test]
+    fn env_overrides_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("broker.toml");
+        std::fs::write(
+            &path,
+            "[limits]\nmax_packet_size = 2048\nmax_inflight = 8\n",
+        )
+        .unwrap();
+        let vars = env(&[("BROKK_LIMITS__MAX_PACKET_SIZE", "4096")]);
+        let config = load_with_env(Some(&path), vars).unwrap();
+        assert_eq!(config.limits.max_packet_size, 4096);
+        assert_eq!(config.limits.max_inflight, 8);
+        assert_eq!(config.listeners, Config::default().listeners);
+    }
+
+    #[test]
+    fn bad_env_values_name_the_key_and_variable() {
+        let e = load_with_env(None, env(&[("BROKK_LIMITS__MAX_PACKET_SIZE", "abc")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("limits.max_packet_size: invalid type"), "{e}");
+        assert!(e.contains("BROKK_LIMITS__MAX_PACKET_SIZE"), "{e}");
+        let e = load_with_env(None, env(&[("BROKK_LIMITS__CONNECT_TIMEOUT", "ten")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("limits.connect_timeout: invalid duration \"ten\""),
+            "{e}"
+        );
+        let e = load_with_env(None, env(&[("BROKK_LIMITS__BOGUS", "1")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("limits: unknown field `bogus`"), "{e}");
+        assert!(e.contains("BROKK_LIMITS__BOGUS"), "{e}");
+        // Env values are validated too.
+        let e = load_with_env(None, env(&[("BROKK_LIMITS__MAX_PACKET_SIZE", "8")])).unwrap_err();
+        assert!(e.to_string().starts_with("limits.max_packet_size:"), "{e}");
+    }
+
+    #[test]
+    fn missing_file_is_a_load_error() {
+        let e = load_with_env(Some(Path::new("/nonexistent/brokk.toml")), Vec::new()).unwrap_err();
+        assert!(matches!(e, ConfigError::Load(_)));
+        assert!(e.to_string().contains("/nonexistent/brokk.toml"), "{e}");
+    }
+
+    #[test]
+    fn validate_checks_ranges() {
+        assert_eq!(
+            invalid_key("[limits]\nmax_packet_size = 15\n"),
+            "limits.max_packet_size"
+        );
+        assert_eq!(
+            invalid_key("[limits]\nmax_packet_size = 268435461\n"),
+            "limits.max_packet_size"
+        );
+        Config::from_toml("[limits]\nmax_packet_size = 16\n").unwrap();
+        Config::from_toml("[limits]\nmax_packet_size = 268435460\n").unwrap();
+        assert_eq!(
+            invalid_key("[limits]\nreceive_maximum = 0\n"),
+            "limits.receive_maximum"
+        );
+        assert_eq!(
+            invalid_key("[limits]\nmax_inflight = 0\n"),
+            "limits.max_inflight"
+        );
+        assert_eq!(
+            invalid_key("[limits]\nmax_queue_depth = 0\n"),
+            "limits.max_queue_depth"
+        );
+        assert_eq!(
+            invalid_key("[limits]\nmax_queue_depth_disconnected = 0\n"),
+            "limits.max_queue_depth_disconnected"
+        );
+        // Fewer offline than online is allowed on purpose.
+        Config::from_toml("[limits]\nmax_queue_depth = 10\nmax_queue_depth_disconnected = 1\n")
+            .unwrap();
+        assert_eq!(
+            invalid_key("[limits]\nconnect_timeout = \"0s\"\n"),
+            "limits.connect_timeout"
+        );
+    }
+
+    #[test]
+    fn validate_checks_listeners() {
+        let mut config = Config::default();
+        config.listeners.clear();
+        let e = config.validate().unwrap_err();
+        assert!(
+            matches!(&e, ConfigError::Invalid { key, .. } if key == "listeners"),
+            "{e}"
+        );
+
+        let e = error(
+            "[listeners.a]\nbind = \"127.0.0.1:1883\"\n[listeners.b]\nbind = \"127.0.0.1:1883\"\n",
+        );
+        assert!(e.starts_with("listeners.b.bind: 127.0.0.1:1883 is already used by listeners.a"));
+
+        let e = error(
+            "[listeners.a]\nbind = \"127.0.0.1:9883\"\n[metrics]\nbind = \"127.0.0.1:9883\"\n",
+        );
+        assert!(e.starts_with("metrics.bind:"), "{e}");
+    }
+
+    #[test]
+    fn validate_checks_tls_files() {
+        let e = error(
+            "[listeners.s]\nbind = \"0.0.0.0:8883\"\n\
+             tls = { cert = \"/nonexistent/cert.pem\", key = \"/nonexistent/key.pem\" }\n",
+        );
+        assert!(
+            e.starts_with("listeners.s.tls.cert: cannot read /nonexistent/cert.pem"),
+            "{e}"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("cert.pem");
+        let key = dir.path().join("key.pem");
+        std::fs::write(&cert, "x").unwrap();
+        std::fs::write(&key, "x").unwrap();
+        let text = format!(
+            "[listeners.s]\nbind = \"0.0.0.0:8883\"\ntls = {{ cert = {:?}, key = {:?} }}\n",
+            cert.display().to_string(),
+            key.display().to_string()
+        );
+        let config = Config::from_toml(&text).unwrap();
+        let tls = config.listeners["s"].tls.as_ref().unwrap();
+        assert_eq!(tls.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(tls.client_ca, None);
+
+        let text = text.replace(" }", ", client_ca = \"/nonexistent/ca.pem\" }");
+        assert_eq!(invalid_key(&text), "listeners.s.tls.client_ca");
+        let text = text.replace("\"/nonexistent/ca.pem\"", &format!("{:?}", dir.path()));
+        let e = error(&text);
+        assert!(
+            e.starts_with("listeners.s.tls.client_ca:") && e.contains("not a file"),
+            "{e}"
+        );
     }
 }

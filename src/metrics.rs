@@ -1,4 +1,25 @@
-//! Metric names and help texts in one place (the names are fixed in CONTRACT.md).
+//! Metric names and help texts in one place (the names are fixed in CONTRACT.md), the
+//! process-wide Prometheus recorder, and the small HTTP server behind `GET /metrics`.
+//!
+//! The exporter's own HTTP listener is not used: [`serve`] takes an already bound socket, so
+//! the broker reports bind errors under `metrics.bind` and tests can bind port 0.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use metrics::{counter, describe_counter, describe_gauge, gauge};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::close::CloseReason;
 
 pub const CONNECTIONS: &str = "brokk_connections";
 pub const SESSIONS: &str = "brokk_sessions";
@@ -13,13 +34,337 @@ pub const QUEUED_MESSAGES: &str = "brokk_queued_messages";
 pub const RETAINED_MESSAGES: &str = "brokk_retained_messages";
 pub const SUBSCRIPTIONS: &str = "brokk_subscriptions";
 
-// TEMPORARY: replaced by the ops branch.
-pub fn install() -> metrics_exporter_prometheus::PrometheusHandle {
-    todo!()
+/// Every metric name, for tests and tooling.
+pub const ALL: [&str; 12] = [
+    CONNECTIONS,
+    SESSIONS,
+    CONNECTIONS_CLOSED,
+    CONNECTS,
+    MESSAGES_RECEIVED,
+    MESSAGES_SENT,
+    BYTES_RECEIVED,
+    BYTES_SENT,
+    MESSAGES_DROPPED,
+    QUEUED_MESSAGES,
+    RETAINED_MESSAGES,
+    SUBSCRIPTIONS,
+];
+
+/// `brokk_sessions{state}` values.
+pub const SESSION_STATES: [&str; 2] = ["connected", "disconnected"];
+/// `brokk_connects_total{protocol}` values.
+pub const PROTOCOLS: [&str; 2] = ["3.1.1", "5.0"];
+/// `brokk_connects_total{result}` values.
+pub const CONNECT_RESULTS: [&str; 2] = ["accepted", "refused"];
+/// `brokk_messages_{received,sent}_total{qos}` values.
+pub const QOS_LABELS: [&str; 3] = ["0", "1", "2"];
+/// `brokk_messages_dropped_total{reason}` values known at start (others may appear later).
+pub const DROP_REASONS: [&str; 3] = ["queue_full", "too_large_for_client", "expired"];
+
+/// The Prometheus text format version this endpoint speaks.
+const CONTENT_TYPE_TEXT: &str = "text/plain; version=0.0.4";
+
+/// Registers a help text for every metric (shown as `# HELP` lines).
+pub fn describe() {
+    describe_gauge!(CONNECTIONS, "Open network connections.");
+    describe_gauge!(
+        SESSIONS,
+        "Sessions, by state: connected or waiting for their client."
+    );
+    describe_counter!(CONNECTIONS_CLOSED, "Connections closed, by close reason.");
+    describe_counter!(
+        CONNECTS,
+        "CONNECT packets handled, by protocol version and result."
+    );
+    describe_counter!(
+        MESSAGES_RECEIVED,
+        "PUBLISH packets received from clients, by QoS."
+    );
+    describe_counter!(MESSAGES_SENT, "PUBLISH packets sent to clients, by QoS.");
+    describe_counter!(BYTES_RECEIVED, "Bytes read from client sockets.");
+    describe_counter!(BYTES_SENT, "Bytes written to client sockets.");
+    describe_counter!(
+        MESSAGES_DROPPED,
+        "Messages discarded instead of delivered, by reason."
+    );
+    describe_gauge!(
+        QUEUED_MESSAGES,
+        "Outbound messages queued, all sessions together."
+    );
+    describe_gauge!(RETAINED_MESSAGES, "Retained messages stored.");
+    describe_gauge!(SUBSCRIPTIONS, "Subscriptions, all sessions together.");
 }
+
+/// Installs the Prometheus recorder process-wide on first call and returns its handle; later
+/// calls return the same handle (several brokers may start in one test process).
+///
+/// Every metric is created at zero here, with all its known label sets, so `/metrics` shows
+/// the full list from the first scrape and rate() has a starting point.
+pub fn install() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let handle = match PrometheusBuilder::new().install_recorder() {
+                Ok(handle) => handle,
+                Err(e) => {
+                    // Another recorder owns the process (an embedding application, say). Serve
+                    // an empty registry rather than refuse to start: metrics are not essential.
+                    tracing::warn!(error = %e, "metrics recorder not installed; /metrics will be empty");
+                    PrometheusBuilder::new().build_recorder().handle()
+                }
+            };
+            describe();
+            initialise();
+            handle
+        })
+        .clone()
+}
+
+/// Creates every metric at zero. Counters use `increment(0)` so that, were this ever run
+/// again, it could not lower a value.
+fn initialise() {
+    gauge!(CONNECTIONS).set(0.0);
+    for state in SESSION_STATES {
+        gauge!(SESSIONS, "state" => state).set(0.0);
+    }
+    for reason in CloseReason::ALL {
+        counter!(CONNECTIONS_CLOSED, "reason" => reason.label()).increment(0);
+    }
+    for protocol in PROTOCOLS {
+        for result in CONNECT_RESULTS {
+            counter!(CONNECTS, "protocol" => protocol, "result" => result).increment(0);
+        }
+    }
+    for qos in QOS_LABELS {
+        counter!(MESSAGES_RECEIVED, "qos" => qos).increment(0);
+        counter!(MESSAGES_SENT, "qos" => qos).increment(0);
+    }
+    counter!(BYTES_RECEIVED).increment(0);
+    counter!(BYTES_SENT).increment(0);
+    for reason in DROP_REASONS {
+        counter!(MESSAGES_DROPPED, "reason" => reason).increment(0);
+    }
+    gauge!(QUEUED_MESSAGES).set(0.0);
+    gauge!(RETAINED_MESSAGES).set(0.0);
+    gauge!(SUBSCRIPTIONS).set(0.0);
+}
+
+/// Answers `GET /metrics` on `listener` until `shutdown` resolves; then stops accepting and
+/// closes open connections after their current response.
 pub async fn serve(
-    _listener: tokio::net::TcpListener,
-    _handle: metrics_exporter_prometheus::PrometheusHandle,
-    _shutdown: impl std::future::Future<Output = ()>,
+    listener: tokio::net::TcpListener,
+    handle: PrometheusHandle,
+    shutdown: impl Future<Output = ()>,
 ) {
+    // Tells connection tasks to finish, so a keep-alive scraper does not outlive the broker.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Typically out of file descriptors: back off instead of spinning.
+                tracing::warn!(error = %e, "metrics endpoint: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let handle = handle.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let response = respond(&request, &handle);
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                // A client that never finishes its request headers is dropped.
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                // The wait is wrapped so its (non-Send) borrow ends before the next await.
+                _ = async { stop.wait_for(|stopped| *stopped).await.is_ok() } => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "metrics endpoint: connection error");
+            }
+        });
+    }
+    let _ = stop_tx.send(true);
+}
+
+fn respond<B>(request: &Request<B>, handle: &PrometheusHandle) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::new()));
+    if request.uri().path() != "/metrics" {
+        *response.status_mut() = StatusCode::NOT_FOUND;
+        *response.body_mut() = Full::new(Bytes::from_static(b"not found; try /metrics\n"));
+        return response;
+    }
+    if request.method() != Method::GET {
+        *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+        response
+            .headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET"));
+        return response;
+    }
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE_TEXT));
+    *response.body_mut() = Full::new(Bytes::from(handle.render()));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// One HTTP/1.1 request over a raw socket; returns the whole response as text.
+    async fn get(addr: std::net::SocketAddr, method: &str, path: &str) -> String {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request =
+            format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
+            .await
+            .unwrap()
+            .unwrap();
+        String::from_utf8(response).unwrap()
+    }
+
+    async fn start() -> (
+        std::net::SocketAddr,
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let handle = install();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(serve(listener, handle, async move {
+            let _ = rx.await;
+        }));
+        (addr, tx, task)
+    }
+
+    #[tokio::test]
+    async fn every_metric_is_served_from_the_start() {
+        let (addr, stop, task) = start().await;
+        let response = get(addr, "GET", "/metrics").await;
+        let (head, body) = response.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(
+            head.to_lowercase()
+                .contains("content-type: text/plain; version=0.0.4"),
+            "{head}"
+        );
+        for name in ALL {
+            assert!(
+                body.contains(&format!("# HELP {name} ")),
+                "no help for {name}:\n{body}"
+            );
+            assert!(
+                body.contains(&format!("\n{name}")),
+                "{name} missing:\n{body}"
+            );
+        }
+        // Counters may have been bumped by other tests in this process: check the label sets
+        // exist, not their values.
+        for reason in CloseReason::ALL {
+            let line = format!("{CONNECTIONS_CLOSED}{{reason=\"{}\"}} ", reason.label());
+            assert!(body.contains(&line), "{line} missing:\n{body}");
+        }
+        assert!(
+            body.contains(&format!("{SESSIONS}{{state=\"disconnected\"}} ")),
+            "{body}"
+        );
+        assert!(body.contains("protocol=\"3.1.1\""), "{body}");
+        assert!(body.contains(&format!(
+            "{MESSAGES_DROPPED}{{reason=\"too_large_for_client\"}} "
+        )));
+        assert!(
+            body.contains(&format!("{MESSAGES_SENT}{{qos=\"2\"}} ")),
+            "{body}"
+        );
+
+        stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn recorded_values_show_up() {
+        let (addr, _stop, _task) = start().await;
+        // A label no broker code uses, so parallel tests cannot disturb the value.
+        counter!(MESSAGES_DROPPED, "reason" => "metrics_unit_test").increment(3);
+        let response = get(addr, "GET", "/metrics").await;
+        let line = format!("{MESSAGES_DROPPED}{{reason=\"metrics_unit_test\"}} 3\n");
+        assert!(response.contains(&line), "{response}");
+    }
+
+    #[tokio::test]
+    async fn other_paths_and_methods_are_refused() {
+        let (addr, _stop, _task) = start().await;
+        assert!(get(addr, "GET", "/").await.starts_with("HTTP/1.1 404"));
+        assert!(
+            get(addr, "GET", "/metricsx")
+                .await
+                .starts_with("HTTP/1.1 404")
+        );
+        assert!(
+            get(addr, "POST", "/metrics")
+                .await
+                .starts_with("HTTP/1.1 405")
+        );
+        assert!(
+            get(addr, "GET", "/metrics?x=1")
+                .await
+                .starts_with("HTTP/1.1 200")
+        );
+    }
+
+    #[tokio::test]
+    async fn shutdown_stops_accepting() {
+        let (addr, stop, task) = start().await;
+        stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    }
+
+    #[test]
+    fn install_twice_returns_the_same_registry() {
+        let first = install();
+        let second = install();
+        counter!(MESSAGES_DROPPED, "reason" => "metrics_install_test").increment(1);
+        assert!(first.render().contains("reason=\"metrics_install_test\""));
+        assert!(second.render().contains("reason=\"metrics_install_test\""));
+    }
+
+    /// The trap from the issue: with a second crypto provider compiled in, rustls'
+    /// `ServerConfig::builder()` panics for want of a process default. The recorder and a TLS
+    /// listener must live together in one process.
+    #[tokio::test]
+    async fn metrics_recorder_and_tls_coexist() {
+        let _handle = install();
+        let pki = crate::tls::tests::Pki::new();
+        let acceptor = crate::tls::acceptor("tls", &pki.server_config(true)).unwrap();
+        crate::tls::tests::handshake(acceptor, pki.client(true))
+            .await
+            .unwrap();
+    }
 }
