@@ -206,7 +206,17 @@ where
     if connect.authentication_method.is_some() {
         return Err(refuse(io, version, 0x8C, Some(connect.client_id.clone()), "enhanced authentication is not supported"));
     }
-    match broker.auth.check(connect.username.as_deref(), connect.password.as_ref()) {
+    // Password hashes are slow on purpose: verify off the async workers.
+    let auth = if connect.username.is_some() {
+        let checker = broker.clone();
+        let (username, password) = (connect.username.clone(), connect.password.clone());
+        tokio::task::spawn_blocking(move || checker.auth.check(username.as_deref(), password.as_ref()))
+            .await
+            .unwrap_or(AuthResult::NotAuthorized)
+    } else {
+        broker.auth.check(None, None)
+    };
+    match auth {
         AuthResult::Allowed => {}
         AuthResult::BadCredentials => {
             return Err(refuse(io, version, 0x86, Some(connect.client_id.clone()), "bad user name or password"));
