@@ -16,7 +16,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::{ParsedFilter, Route, SubscriptionOptions, parse_filter};
+use super::{Route, SubscriptionOptions, parse_filter};
 
 /// Above this many routes added by one `route` call, client dedup switches from a linear scan
 /// to a hash map.
@@ -304,19 +304,6 @@ impl<H: Clone> Default for SubscriptionTable<H> {
     }
 }
 
-fn split_filter(filter: &str) -> ParsedFilter<'_> {
-    // Callers validate first; an invalid filter is indexed as a plain one (it matches nothing
-    // harmful: its levels are compared literally).
-    debug_assert!(
-        parse_filter(filter).is_ok(),
-        "unvalidated filter {filter:?}"
-    );
-    parse_filter(filter).unwrap_or(ParsedFilter {
-        share_group: None,
-        filter,
-    })
-}
-
 impl<H: Clone> SubscriptionTable<H> {
     /// Adds or replaces `client_id`'s subscription to `filter` (plain or `$share/...`).
     /// Returns whether it already existed (for Retain Handling 1). The filter must have been
@@ -328,7 +315,11 @@ impl<H: Clone> SubscriptionTable<H> {
         filter: &str,
         options: SubscriptionOptions,
     ) -> bool {
-        let parsed = split_filter(filter);
+        let Ok(parsed) = parse_filter(filter) else {
+            // A caller bug: refuse rather than index a filter the trie would misread (`a/#/b`).
+            debug_assert!(false, "unvalidated filter {filter:?}");
+            return false;
+        };
         let set = self.root.subscribers_mut_or_create(parsed.filter);
         let existed = set.insert(client_id, parsed.share_group, handle, options);
         if !existed {
@@ -346,9 +337,11 @@ impl<H: Clone> SubscriptionTable<H> {
         existed
     }
 
-    /// Removes one subscription; returns whether it existed.
+    /// Removes one subscription; returns whether it existed (never for an invalid filter).
     pub fn unsubscribe(&mut self, client_id: &str, filter: &str) -> bool {
-        let parsed = split_filter(filter);
+        let Ok(parsed) = parse_filter(filter) else {
+            return false;
+        };
         let removed = self
             .root
             .remove(parsed.filter.split('/'), client_id, parsed.share_group);
@@ -381,7 +374,9 @@ impl<H: Clone> SubscriptionTable<H> {
             return 0;
         };
         for filter in &filters {
-            let parsed = split_filter(filter);
+            let Ok(parsed) = parse_filter(filter) else {
+                continue;
+            };
             if self
                 .root
                 .remove(parsed.filter.split('/'), client_id, parsed.share_group)
@@ -406,7 +401,7 @@ impl<H: Clone> SubscriptionTable<H> {
 
     /// The options of one subscription, if it exists.
     pub fn subscription(&self, client_id: &str, filter: &str) -> Option<&SubscriptionOptions> {
-        let parsed = split_filter(filter);
+        let parsed = parse_filter(filter).ok()?;
         self.root
             .subscribers(parsed.filter)?
             .get(client_id, parsed.share_group)
@@ -420,7 +415,9 @@ impl<H: Clone> SubscriptionTable<H> {
         };
         let mut updated = 0;
         for filter in filters {
-            let parsed = split_filter(filter);
+            let Ok(parsed) = parse_filter(filter) else {
+                continue;
+            };
             if let Some(h) = self
                 .root
                 .subscribers_mut(parsed.filter)
@@ -591,5 +588,377 @@ fn route_shared<H: Clone>(group: &SharedGroup<H>, publisher: &str, out: &mut Vec
             ));
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::QoS;
+
+    fn opts(qos: QoS, id: Option<u32>) -> SubscriptionOptions {
+        SubscriptionOptions {
+            qos,
+            no_local: false,
+            retain_as_published: false,
+            subscription_identifier: id,
+        }
+    }
+
+    fn cid(s: &str) -> Arc<str> {
+        Arc::from(s)
+    }
+
+    /// Routes sorted by client id, shared ones included.
+    fn route(t: &SubscriptionTable<u32>, topic: &str, publisher: &str) -> Vec<Route<u32>> {
+        let mut out = Vec::new();
+        t.route(topic, publisher, &mut out);
+        out.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+        out
+    }
+
+    fn clients(routes: &[Route<u32>]) -> Vec<&str> {
+        routes.iter().map(|r| &*r.client_id).collect()
+    }
+
+    #[test]
+    fn subscribe_route_unsubscribe() {
+        let mut t = SubscriptionTable::default();
+        assert!(t.is_empty());
+        let a = cid("a");
+        let b = cid("b");
+        assert!(!t.subscribe(&a, 1, "sport/tennis/+", opts(QoS::AtLeastOnce, None)));
+        assert!(!t.subscribe(&b, 2, "sport/#", opts(QoS::AtMostOnce, None)));
+        assert!(!t.subscribe(&b, 2, "#", opts(QoS::AtMostOnce, None)));
+        assert_eq!(t.len(), 3);
+
+        let r = route(&t, "sport/tennis/player1", "x");
+        assert_eq!(clients(&r), ["a", "b"]);
+        assert_eq!((r[0].handle, r[0].qos), (1, QoS::AtLeastOnce));
+        assert_eq!(r[1].handle, 2);
+        assert_eq!(clients(&route(&t, "sport", "x")), ["b"]);
+        assert_eq!(clients(&route(&t, "weather", "x")), ["b"]);
+        assert!(
+            route(&t, "$SYS/uptime", "x").is_empty(),
+            "`#` does not match `$` topics"
+        );
+
+        // Replacing returns true and keeps the count; the new options apply.
+        assert!(t.subscribe(&a, 7, "sport/tennis/+", opts(QoS::ExactlyOnce, Some(9))));
+        assert_eq!(t.len(), 3);
+        let r = route(&t, "sport/tennis/x", "x");
+        assert_eq!(
+            (r[0].handle, r[0].qos, r[0].subscription_identifiers.clone()),
+            (7, QoS::ExactlyOnce, vec![9])
+        );
+
+        assert!(t.unsubscribe("a", "sport/tennis/+"));
+        assert!(!t.unsubscribe("a", "sport/tennis/+"));
+        assert!(!t.unsubscribe("nobody", "sport/#"));
+        assert!(!t.unsubscribe("b", "sport/+"));
+        assert!(
+            !t.unsubscribe("b", "sport/#/x"),
+            "an invalid filter is not read as `sport/#`"
+        );
+        assert!(!t.unsubscribe("b", "$share/g"));
+        assert_eq!(t.len(), 2);
+        assert_eq!(clients(&route(&t, "sport/tennis/x", "x")), ["b"]);
+        assert!(t.unsubscribe("b", "#"));
+        assert!(t.unsubscribe("b", "sport/#"));
+        assert!(t.is_empty());
+        assert!(route(&t, "sport", "x").is_empty());
+        assert_eq!(t.node_count(), 1);
+    }
+
+    #[test]
+    fn routing_follows_matching_rules() {
+        let filters = [
+            "#",
+            "+",
+            "+/+",
+            "/+",
+            "a/+",
+            "a/#",
+            "a//b",
+            "a/+/b",
+            "+/b/#",
+            "$SYS/#",
+            "$SYS/+",
+            "$SYS",
+            "a",
+            "a/",
+            "sport/#",
+            "sport/+/player1",
+        ];
+        let mut t = SubscriptionTable::default();
+        let ids: Vec<Arc<str>> = filters.iter().map(|f| cid(f)).collect();
+        for (i, f) in filters.iter().enumerate() {
+            t.subscribe(&ids[i], i as u32, f, opts(QoS::AtMostOnce, None));
+        }
+        for topic in [
+            "a",
+            "a/",
+            "/a",
+            "a//b",
+            "a/x/b",
+            "x/b",
+            "x/b/c",
+            "$SYS",
+            "$SYS/x",
+            "$SYS/x/y",
+            "sport",
+            "sport/tennis/player1",
+            "/",
+            "b",
+        ] {
+            let mut expected: Vec<&str> = filters
+                .iter()
+                .copied()
+                .filter(|f| crate::router::matches(f, topic))
+                .collect();
+            expected.sort_unstable();
+            assert_eq!(
+                clients(&route(&t, topic, "pub")),
+                expected,
+                "topic {topic:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn overlapping_subscriptions_make_one_route() {
+        let mut t = SubscriptionTable::default();
+        let a = cid("a");
+        t.subscribe(&a, 1, "a/+", opts(QoS::AtMostOnce, Some(1)));
+        t.subscribe(&a, 1, "a/#", opts(QoS::ExactlyOnce, Some(2)));
+        t.subscribe(&a, 1, "a/b", opts(QoS::AtLeastOnce, None));
+        t.subscribe(
+            &a,
+            1,
+            "+/b",
+            SubscriptionOptions {
+                retain_as_published: true,
+                ..opts(QoS::AtMostOnce, Some(2))
+            },
+        );
+        t.subscribe(&a, 1, "x/y", opts(QoS::ExactlyOnce, Some(5)));
+        let r = route(&t, "a/b", "p");
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].qos, QoS::ExactlyOnce);
+        assert!(r[0].retain_as_published);
+        let mut ids = r[0].subscription_identifiers.clone();
+        ids.sort_unstable();
+        assert_eq!(ids, [1, 2], "identifiers deduplicated");
+
+        let r = route(&t, "a/c", "p");
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].qos, QoS::ExactlyOnce);
+        assert!(!r[0].retain_as_published);
+    }
+
+    #[test]
+    fn overlap_dedup_with_many_clients() {
+        // Enough clients that dedup switches to the hash map.
+        let mut t = SubscriptionTable::default();
+        let ids: Vec<Arc<str>> = (0..50).map(|i| cid(&format!("c{i:02}"))).collect();
+        for (i, c) in ids.iter().enumerate() {
+            t.subscribe(c, i as u32, "t/#", opts(QoS::AtMostOnce, Some(1)));
+            t.subscribe(c, i as u32, "t/+", opts(QoS::AtLeastOnce, Some(2)));
+            if i % 2 == 0 {
+                t.subscribe(c, i as u32, "t/x", opts(QoS::ExactlyOnce, Some(3)));
+            }
+        }
+        let r = route(&t, "t/x", "p");
+        assert_eq!(r.len(), 50);
+        for (i, route) in r.iter().enumerate() {
+            assert_eq!(route.handle, i as u32);
+            let mut ids = route.subscription_identifiers.clone();
+            ids.sort_unstable();
+            if i % 2 == 0 {
+                assert_eq!((route.qos, ids), (QoS::ExactlyOnce, vec![1, 2, 3]));
+            } else {
+                assert_eq!((route.qos, ids), (QoS::AtLeastOnce, vec![1, 2]));
+            }
+        }
+    }
+
+    #[test]
+    fn routes_are_appended() {
+        let mut t = SubscriptionTable::default();
+        let a = cid("a");
+        t.subscribe(&a, 1, "x", opts(QoS::AtMostOnce, Some(1)));
+        t.subscribe(&a, 1, "+", opts(QoS::AtMostOnce, Some(2)));
+        let mut out = Vec::new();
+        t.route("x", "p", &mut out);
+        t.route("x", "p", &mut out);
+        assert_eq!(
+            out.len(),
+            2,
+            "a second call does not merge into the first call's routes"
+        );
+        assert_eq!(out[1].subscription_identifiers.len(), 2);
+    }
+
+    #[test]
+    fn no_local() {
+        let mut t = SubscriptionTable::default();
+        let a = cid("a");
+        let b = cid("b");
+        let nl = SubscriptionOptions {
+            no_local: true,
+            ..opts(QoS::ExactlyOnce, Some(1))
+        };
+        t.subscribe(&a, 1, "t/#", nl.clone());
+        t.subscribe(&a, 1, "t/+", opts(QoS::AtMostOnce, Some(2)));
+        t.subscribe(&b, 2, "t/#", nl);
+        // a publishes: its No Local subscription is skipped, its other one still matches.
+        let r = route(&t, "t/x", "a");
+        assert_eq!(clients(&r), ["a", "b"]);
+        assert_eq!(
+            (r[0].qos, r[0].subscription_identifiers.clone()),
+            (QoS::AtMostOnce, vec![2])
+        );
+        // b publishes: b has only a No Local subscription.
+        let r = route(&t, "t/x", "b");
+        assert_eq!(clients(&r), ["a"]);
+        assert_eq!(r[0].qos, QoS::ExactlyOnce);
+        // Only `t/#` matches `t`: a publishing to it gets nothing back.
+        assert_eq!(clients(&route(&t, "t", "a")), ["b"]);
+    }
+
+    #[test]
+    fn shared_round_robin() {
+        let mut t = SubscriptionTable::default();
+        let members: Vec<Arc<str>> = ["m0", "m1", "m2"].into_iter().map(cid).collect();
+        for (i, m) in members.iter().enumerate() {
+            assert!(!t.subscribe(
+                m,
+                i as u32,
+                "$share/g/s/+",
+                opts(QoS::AtLeastOnce, Some(10 + i as u32))
+            ));
+        }
+        assert_eq!(t.len(), 3);
+        let mut counts = [0usize; 3];
+        for _ in 0..300 {
+            let r = route(&t, "s/x", "p");
+            assert_eq!(r.len(), 1, "exactly one member per message");
+            let i = r[0].handle as usize;
+            assert_eq!(r[0].subscription_identifiers, [10 + i as u32]);
+            counts[i] += 1;
+        }
+        assert_eq!(counts, [100, 100, 100]);
+
+        // Another group on the same filter gets its own copy; a different filter is another group.
+        let o = cid("o");
+        t.subscribe(&o, 9, "$share/h/s/+", opts(QoS::AtMostOnce, None));
+        t.subscribe(&o, 9, "$share/g/s/#", opts(QoS::AtMostOnce, None));
+        let r = route(&t, "s/x", "p");
+        assert_eq!(r.len(), 3);
+        assert_eq!(r.iter().filter(|r| &*r.client_id == "o").count(), 2);
+
+        // Leaving the group rebalances over the remaining members.
+        assert!(t.unsubscribe("m1", "$share/g/s/+"));
+        assert!(!t.unsubscribe("m1", "$share/g/s/+"));
+        let mut counts = [0usize; 3];
+        for _ in 0..100 {
+            for r in route(&t, "s/x", "p").iter().filter(|r| r.handle < 3) {
+                counts[r.handle as usize] += 1;
+            }
+        }
+        assert_eq!(counts, [50, 0, 50]);
+    }
+
+    #[test]
+    fn shared_and_plain_are_separate() {
+        let mut t = SubscriptionTable::default();
+        let a = cid("a");
+        t.subscribe(&a, 1, "s/x", opts(QoS::AtMostOnce, Some(1)));
+        t.subscribe(&a, 1, "$share/g/s/x", opts(QoS::ExactlyOnce, Some(2)));
+        assert_eq!(t.len(), 2);
+        let r = route(&t, "s/x", "p");
+        assert_eq!(r.len(), 2);
+        let mut got: Vec<_> = r
+            .iter()
+            .map(|r| (r.qos, r.subscription_identifiers.clone()))
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            [(QoS::AtMostOnce, vec![1]), (QoS::ExactlyOnce, vec![2])]
+        );
+        assert!(t.unsubscribe("a", "s/x"));
+        assert_eq!(route(&t, "s/x", "p").len(), 1);
+        // A shared filter starting with a wildcard still obeys the `$` rule.
+        t.subscribe(&a, 1, "$share/g/#", opts(QoS::AtMostOnce, None));
+        assert!(route(&t, "$SYS/x", "p").is_empty());
+    }
+
+    #[test]
+    fn remove_client_and_remove_all() {
+        let mut t = SubscriptionTable::default();
+        let a = cid("a");
+        let b = cid("b");
+        for f in ["x", "y/+", "$share/g/z"] {
+            t.subscribe(&a, 1, f, opts(QoS::AtMostOnce, None));
+            t.subscribe(&b, 2, f, opts(QoS::AtLeastOnce, None));
+        }
+        assert_eq!(t.len(), 6);
+        let mut filters: Vec<_> = t
+            .subscriptions_of("a")
+            .into_iter()
+            .map(|(f, _)| f.to_owned())
+            .collect();
+        filters.sort();
+        assert_eq!(filters, ["$share/g/z", "x", "y/+"]);
+        assert_eq!(
+            t.subscription("b", "y/+").map(|o| o.qos),
+            Some(QoS::AtLeastOnce)
+        );
+        assert_eq!(t.subscription("b", "y/#"), None);
+
+        t.remove_client("a", filters.iter().map(String::as_str));
+        assert_eq!(t.len(), 3);
+        assert!(t.subscriptions_of("a").is_empty());
+        assert_eq!(clients(&route(&t, "x", "p")), ["b"]);
+        assert_eq!(clients(&route(&t, "z", "p")), ["b"]);
+
+        assert_eq!(t.update_handle("b", &5), 3);
+        assert_eq!(route(&t, "y/q", "p")[0].handle, 5);
+        assert_eq!(route(&t, "z", "p")[0].handle, 5);
+
+        assert_eq!(t.remove_all("b"), 3);
+        assert_eq!(t.remove_all("b"), 0);
+        assert!(t.is_empty());
+        assert_eq!(t.node_count(), 1);
+    }
+
+    #[test]
+    fn unsubscribe_prunes_the_trie() {
+        let mut t = SubscriptionTable::default();
+        let a = cid("a");
+        let keep = cid("keep");
+        t.subscribe(&keep, 0, "base/+/x", opts(QoS::AtMostOnce, None));
+        let baseline = t.node_count();
+        let filters: Vec<String> = (0..1000)
+            .map(|i| match i % 4 {
+                0 => format!("base/{i}/leaf"),
+                1 => format!("base/+/{i}/#"),
+                2 => format!("$share/g{i}/base/{i}"),
+                _ => format!("deep/{i}/+/{}/#", i % 3),
+            })
+            .collect();
+        for f in &filters {
+            t.subscribe(&a, 1, f, opts(QoS::AtMostOnce, None));
+        }
+        assert_eq!(t.len(), 1001);
+        assert!(t.node_count() > baseline + 1000);
+        for f in &filters {
+            assert!(t.unsubscribe("a", f), "{f}");
+        }
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.node_count(), baseline);
+        assert_eq!(clients(&route(&t, "base/q/x", "p")), ["keep"]);
+        assert!(!t.by_client.contains_key("a"));
     }
 }
