@@ -307,7 +307,8 @@ impl<H: Clone> Default for SubscriptionTable<H> {
 impl<H: Clone> SubscriptionTable<H> {
     /// Adds or replaces `client_id`'s subscription to `filter` (plain or `$share/...`).
     /// Returns whether it already existed (for Retain Handling 1). The filter must have been
-    /// validated with [`parse_filter`].
+    /// validated with [`parse_filter`]; an invalid one is refused (debug builds panic) and
+    /// `false` returned.
     pub fn subscribe(
         &mut self,
         client_id: &Arc<str>,
