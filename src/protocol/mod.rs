@@ -4,7 +4,15 @@
 //! sees [`Packet`] and friends from [`packet`], and [`DecodeError`] with the v5 reason code
 //! the spec asks for.
 
+mod connect;
+mod framing;
 pub mod packet;
+mod publish;
+#[cfg(test)]
+mod tests;
+mod v4;
+mod v5;
+mod validate;
 
 pub use packet::*;
 
@@ -61,23 +69,70 @@ pub enum EncodeError {
 /// `max_packet_size` bounds the whole packet, fixed header included, and is checked from the
 /// fixed header before the body is buffered. Returns `Ok(None)` when more bytes are needed;
 /// consumed bytes are removed from `buf`.
+///
+/// Everything that can be judged from the fixed header (type, reserved flags, size, CONNECT
+/// ordering) is judged before waiting for the body, so a hostile peer cannot make us buffer a
+/// body we are going to refuse anyway.
 pub fn decode(
     buf: &mut BytesMut,
     version: Option<Version>,
     max_packet_size: usize,
 ) -> Result<Option<Packet>, DecodeError> {
-    let _ = (buf, version, max_packet_size);
-    todo!("protocol helper")
+    let Some(header) = framing::parse_fixed_header(buf)? else {
+        return Ok(None);
+    };
+    let packet_type = header.packet_type();
+    match (packet_type, version) {
+        (0, _) | (15, None | Some(Version::V311)) => {
+            return Err(DecodeError::Malformed(format!(
+                "invalid packet type {packet_type}"
+            )));
+        }
+        (1, Some(_)) => return Err(DecodeError::Protocol("second CONNECT".into())),
+        (1, None) => {}
+        (_, None) => return Err(DecodeError::Protocol("first packet is not CONNECT".into())),
+        _ => {}
+    }
+    framing::check_flags(&header)?;
+    let size = header.frame_len();
+    if size > max_packet_size {
+        return Err(DecodeError::PacketTooLarge {
+            size,
+            max: max_packet_size,
+        });
+    }
+    if buf.len() < size {
+        return Ok(None);
+    }
+    let frame = buf.split_to(size).freeze();
+    let body = frame.slice(header.header_len..);
+    let version = match version {
+        Some(v) => v,
+        None => connect::sniff_version(&body)?,
+    };
+    match version {
+        Version::V311 => v4::decode(&header, frame).map(Some),
+        Version::V5 => v5::decode(&header, body).map(Some),
+    }
 }
 
 /// Appends the encoding of `packet` for `version` to `out`.
+///
+/// Strings and binary data longer than 65,535 bytes are refused (`StringTooLong`) rather than
+/// truncated as `mqttbytes-ng` would; a 3.1.1 AUTH, or a 3.1.1 DISCONNECT with a non-zero
+/// reason (only a server would send one, and 3.1.1 has no server DISCONNECT), is `Invalid`.
 pub fn encode(packet: &Packet, version: Version, out: &mut BytesMut) -> Result<(), EncodeError> {
-    let _ = (packet, version, out);
-    todo!("protocol helper")
+    match version {
+        Version::V311 => v4::encode(packet, out),
+        Version::V5 => v5::encode(packet, out),
+    }
 }
 
 /// The encoded size of `packet` (whole packet), used to honour a client's Maximum Packet Size.
+/// Computed arithmetically (PUBLISH allocates nothing).
 pub fn encoded_len(packet: &Packet, version: Version) -> Result<usize, EncodeError> {
-    let _ = (packet, version);
-    todo!("protocol helper")
+    match version {
+        Version::V311 => v4::packet_len(packet),
+        Version::V5 => v5::packet_len(packet),
+    }
 }

@@ -156,7 +156,11 @@ pub struct Ack {
 
 impl Ack {
     pub fn success(packet_id: u16) -> Ack {
-        Ack { packet_id, reason_code: 0, reason_string: None }
+        Ack {
+            packet_id,
+            reason_code: 0,
+            reason_string: None,
+        }
     }
 }
 
@@ -222,7 +226,12 @@ pub struct Disconnect {
 
 impl Disconnect {
     pub fn with_reason(reason_code: u8, reason_string: Option<String>) -> Disconnect {
-        Disconnect { reason_code, session_expiry_interval: None, reason_string, server_reference: None }
+        Disconnect {
+            reason_code,
+            session_expiry_interval: None,
+            reason_string,
+            server_reference: None,
+        }
     }
 }
 
