@@ -18,7 +18,7 @@ use crate::metrics as names;
 use crate::outbox::{Offer, Outbox};
 use crate::protocol::{QoS, Will};
 use crate::registry::Registry;
-use crate::router::{Route, RetainedStore, SubscriptionTable};
+use crate::router::{RetainedStore, Route, SubscriptionTable};
 use crate::session::Session;
 
 pub type Subscriptions = SubscriptionTable<Arc<Outbox>>;
@@ -42,7 +42,8 @@ pub struct Stats {
 impl Stats {
     fn new() -> Stats {
         let by_qos = |name: &'static str| {
-            [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce].map(|q| counter!(name, "qos" => q.label()))
+            [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce]
+                .map(|q| counter!(name, "qos" => q.label()))
         };
         Stats {
             received: by_qos(names::MESSAGES_RECEIVED),
@@ -96,7 +97,9 @@ impl Broker {
     }
 
     pub fn subscriptions_mut(&self) -> RwLockWriteGuard<'_, Subscriptions> {
-        self.subscriptions.write().unwrap_or_else(|p| p.into_inner())
+        self.subscriptions
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn retained(&self) -> RwLockReadGuard<'_, Retained> {
@@ -168,7 +171,11 @@ impl Broker {
     /// outbox and closes itself; a waiting session is discarded here.
     fn on_overflow(&self, client_id: &str, outbox: &Arc<Outbox>) {
         if let Some(session) = self.registry.discard_overflowed(client_id, outbox) {
-            tracing::info!(client_id, reason = "message_queue_limit_reached", "waiting session discarded: queue full");
+            tracing::info!(
+                client_id,
+                reason = "message_queue_limit_reached",
+                "waiting session discarded: queue full"
+            );
             self.end_session(session, outbox);
         }
     }
@@ -179,7 +186,10 @@ impl Broker {
     pub fn end_session(&self, mut session: Box<Session>, outbox: &Outbox) {
         if !session.subscriptions.is_empty() {
             let mut table = self.subscriptions_mut();
-            table.remove_client(&session.client_id, session.subscriptions.keys().map(String::as_str));
+            table.remove_client(
+                &session.client_id,
+                session.subscriptions.keys().map(String::as_str),
+            );
             self.stats.subscriptions.set(table.len() as f64);
         }
         outbox.close();
@@ -208,15 +218,25 @@ impl Broker {
 
     /// After a session was left waiting at `generation`: fires its delayed will when the delay
     /// passes and ends it when its expiry passes, unless its client came back first.
-    pub fn schedule_waiting_session(self: &Arc<Self>, client_id: Arc<str>, generation: u64, will_delay: Option<u32>, expiry: u32) {
+    pub fn schedule_waiting_session(
+        self: &Arc<Self>,
+        client_id: Arc<str>,
+        generation: u64,
+        will_delay: Option<u32>,
+        expiry: u32,
+    ) {
         let broker = Arc::downgrade(self);
         let expiry = Duration::from_secs(u64::from(expiry));
-        let will_delay = will_delay.map(|d| Duration::from_secs(u64::from(d))).filter(|d| *d < expiry);
+        let will_delay = will_delay
+            .map(|d| Duration::from_secs(u64::from(d)))
+            .filter(|d| *d < expiry);
         tokio::spawn(async move {
             let start = tokio::time::Instant::now();
             if let Some(delay) = will_delay {
                 tokio::time::sleep_until(start + delay).await;
-                let Some(broker) = broker.upgrade() else { return };
+                let Some(broker) = broker.upgrade() else {
+                    return;
+                };
                 match broker.registry.take_will(&client_id, generation) {
                     Some(Some(will)) => broker.publish_will(will, &client_id),
                     Some(None) => {}
@@ -224,7 +244,9 @@ impl Broker {
                 }
             }
             tokio::time::sleep_until(start + expiry).await;
-            let Some(broker) = broker.upgrade() else { return };
+            let Some(broker) = broker.upgrade() else {
+                return;
+            };
             if let Some((session, outbox)) = broker.registry.expire(&client_id, generation) {
                 tracing::debug!(client_id = %client_id, "waiting session expired");
                 broker.end_session(session, &outbox);

@@ -187,11 +187,20 @@ mod tests {
     #[test]
     fn codes_match_the_spec_table() {
         assert_eq!(CloseReason::SessionTakenOver.disconnect_code(), Some(0x8E));
-        assert_eq!(CloseReason::ClientUnresponsive.disconnect_code(), Some(0x8D));
+        assert_eq!(
+            CloseReason::ClientUnresponsive.disconnect_code(),
+            Some(0x8D)
+        );
         assert_eq!(CloseReason::MessageTooLarge.disconnect_code(), Some(0x95));
-        assert_eq!(CloseReason::MessageQueueLimitReached.disconnect_code(), Some(0x97));
+        assert_eq!(
+            CloseReason::MessageQueueLimitReached.disconnect_code(),
+            Some(0x97)
+        );
         assert_eq!(CloseReason::ServerShutdown.disconnect_code(), Some(0x8B));
-        assert_eq!(CloseReason::ClosedByController.disconnect_code(), Some(0x98));
+        assert_eq!(
+            CloseReason::ClosedByController.disconnect_code(),
+            Some(0x98)
+        );
         assert_eq!(CloseReason::InternalError.disconnect_code(), Some(0x83));
         assert_eq!(
             CloseReason::InvalidInboundMessage(InvalidKind::ReceiveMaximum).disconnect_code(),

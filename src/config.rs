@@ -230,7 +230,9 @@ impl Config {
         }
         let mut binds: BTreeMap<SocketAddr, &str> = BTreeMap::new();
         for (name, listener) in &self.listeners {
-            if let Some(other) = binds.insert(listener.bind, name) {
+            if listener.bind.port() == 0 {
+                // A free port chosen by the system: never a clash.
+            } else if let Some(other) = binds.insert(listener.bind, name) {
                 return Err(invalid(
                     &format!("listeners.{name}.bind"),
                     format!("{} is already used by listeners.{other}", listener.bind),
@@ -252,7 +254,11 @@ impl Config {
                 }
             }
         }
-        if self.metrics.enabled && self.listeners.values().any(|l| l.bind == self.metrics.bind) {
+        // Port 0 asks the system for a free port, so two such binds never clash.
+        if self.metrics.enabled
+            && self.metrics.bind.port() != 0
+            && self.listeners.values().any(|l| l.bind == self.metrics.bind)
+        {
             return Err(invalid(
                 "metrics.bind",
                 format!("{} is also a listener", self.metrics.bind),

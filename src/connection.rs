@@ -54,7 +54,12 @@ where
 {
     let started = Instant::now();
     let (reader, writer) = tokio::io::split(stream);
-    let mut io = Io { reader, writer, rbuf: BytesMut::with_capacity(1024), wbuf: BytesMut::new() };
+    let mut io = Io {
+        reader,
+        writer,
+        rbuf: BytesMut::with_capacity(1024),
+        wbuf: BytesMut::new(),
+    };
     let broker = ctx.broker.clone();
     let timeout = broker.config.limits.connect_timeout;
     let max = broker.config.limits.max_packet_size as usize;
@@ -80,7 +85,13 @@ where
             broker.stats_connect(refused.version, false);
             let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, io.flush_all()).await;
             let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, io.writer.shutdown()).await;
-            log_close(refused.client_id.as_deref(), ctx.peer, CloseReason::Aborted, started, Some(&refused.why));
+            log_close(
+                refused.client_id.as_deref(),
+                ctx.peer,
+                CloseReason::Aborted,
+                started,
+                Some(&refused.why),
+            );
         }
     }
 }
@@ -93,8 +104,13 @@ impl Broker {
 }
 
 /// A close before any session exists (no CONNECT, bad CONNECT, timeout).
-async fn close_early<R, W>(broker: &Broker, ctx: &ConnectionContext, mut io: Io<R, W>, reason: CloseReason, started: Instant)
-where
+async fn close_early<R, W>(
+    broker: &Broker,
+    ctx: &ConnectionContext,
+    mut io: Io<R, W>,
+    reason: CloseReason,
+    started: Instant,
+) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
@@ -104,7 +120,13 @@ where
     log_close(None, ctx.peer, reason, started, None);
 }
 
-pub(crate) fn log_close(client_id: Option<&str>, peer: SocketAddr, reason: CloseReason, started: Instant, detail: Option<&str>) {
+pub(crate) fn log_close(
+    client_id: Option<&str>,
+    peer: SocketAddr,
+    reason: CloseReason,
+    started: Instant,
+    detail: Option<&str>,
+) {
     metrics::counter!(crate::metrics::CONNECTIONS_CLOSED, "reason" => reason.label()).increment(1);
     let duration_ms = started.elapsed().as_millis() as u64;
     let client_id = client_id.unwrap_or("-");
@@ -112,7 +134,9 @@ pub(crate) fn log_close(client_id: Option<&str>, peer: SocketAddr, reason: Close
         CloseReason::InternalError | CloseReason::IoException => {
             tracing::warn!(client_id, %peer, reason = reason.label(), duration_ms, detail, "connection closed")
         }
-        _ => tracing::info!(client_id, %peer, reason = reason.label(), duration_ms, detail, "connection closed"),
+        _ => {
+            tracing::info!(client_id, %peer, reason = reason.label(), duration_ms, detail, "connection closed")
+        }
     }
 }
 
@@ -125,14 +149,20 @@ struct Io<R, W> {
 }
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Io<R, W> {
-    async fn read_connect(&mut self, broker: &Broker, max: usize) -> Result<Box<Connect>, CloseReason> {
+    async fn read_connect(
+        &mut self,
+        broker: &Broker,
+        max: usize,
+    ) -> Result<Box<Connect>, CloseReason> {
         loop {
             match protocol::decode(&mut self.rbuf, None, max) {
                 Ok(Some(Packet::Connect(connect))) => {
                     broker.stats.bytes_received.increment(0);
                     return Ok(connect);
                 }
-                Ok(Some(_)) => return Err(CloseReason::InvalidInboundMessage(InvalidKind::Protocol)),
+                Ok(Some(_)) => {
+                    return Err(CloseReason::InvalidInboundMessage(InvalidKind::Protocol));
+                }
                 Ok(None) => {}
                 Err(DecodeError::UnsupportedProtocolVersion(_)) => {
                     // MQTT-3.1.2-2: answer with return code 0x01 and close. The 3.1.1 form is
@@ -173,7 +203,9 @@ fn decode_close_reason(error: &DecodeError) -> CloseReason {
         DecodeError::PacketTooLarge { .. } => CloseReason::MessageTooLarge,
         DecodeError::Malformed(_) => CloseReason::InvalidInboundMessage(InvalidKind::Malformed),
         DecodeError::Protocol(_) => CloseReason::InvalidInboundMessage(InvalidKind::Protocol),
-        DecodeError::TopicNameInvalid(_) => CloseReason::InvalidInboundMessage(InvalidKind::TopicName),
+        DecodeError::TopicNameInvalid(_) => {
+            CloseReason::InvalidInboundMessage(InvalidKind::TopicName)
+        }
         DecodeError::UnsupportedProtocolVersion(_) => CloseReason::Aborted,
     }
 }
@@ -185,15 +217,34 @@ struct Refused {
     why: String,
 }
 
-fn refuse<R, W>(io: &mut Io<R, W>, version: Version, code: u8, client_id: Option<String>, why: &str) -> Refused {
-    let connack = Packet::ConnAck(ConnAck { session_present: false, reason_code: code, properties: ConnAckProperties::default() });
+fn refuse<R, W>(
+    io: &mut Io<R, W>,
+    version: Version,
+    code: u8,
+    client_id: Option<String>,
+    why: &str,
+) -> Refused {
+    let connack = Packet::ConnAck(ConnAck {
+        session_present: false,
+        reason_code: code,
+        properties: ConnAckProperties::default(),
+    });
     let _ = protocol::encode(&connack, version, &mut io.wbuf);
-    Refused { version, client_id, why: why.to_string() }
+    Refused {
+        version,
+        client_id,
+        why: why.to_string(),
+    }
 }
 
 /// Checks the CONNECT, takes the session from the table (taking it over from a connected
 /// owner if there is one), and sends CONNACK.
-async fn accept<R, W>(broker: &Arc<Broker>, ctx: &ConnectionContext, connect: Box<Connect>, io: &mut Io<R, W>) -> Result<Connection, Refused>
+async fn accept<R, W>(
+    broker: &Arc<Broker>,
+    ctx: &ConnectionContext,
+    connect: Box<Connect>,
+    io: &mut Io<R, W>,
+) -> Result<Connection, Refused>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -201,43 +252,81 @@ where
     let version = connect.version;
     let limits = &broker.config.limits;
     if ctx.over_limit {
-        return Err(refuse(io, version, 0x97, Some(connect.client_id.clone()), "max_connections reached"));
+        return Err(refuse(
+            io,
+            version,
+            0x97,
+            Some(connect.client_id.clone()),
+            "max_connections reached",
+        ));
     }
     if connect.authentication_method.is_some() {
-        return Err(refuse(io, version, 0x8C, Some(connect.client_id.clone()), "enhanced authentication is not supported"));
+        return Err(refuse(
+            io,
+            version,
+            0x8C,
+            Some(connect.client_id.clone()),
+            "enhanced authentication is not supported",
+        ));
     }
     // Password hashes are slow on purpose: verify off the async workers.
     let auth = if connect.username.is_some() {
         let checker = broker.clone();
         let (username, password) = (connect.username.clone(), connect.password.clone());
-        tokio::task::spawn_blocking(move || checker.auth.check(username.as_deref(), password.as_ref()))
-            .await
-            .unwrap_or(AuthResult::NotAuthorized)
+        tokio::task::spawn_blocking(move || {
+            checker.auth.check(username.as_deref(), password.as_ref())
+        })
+        .await
+        .unwrap_or(AuthResult::NotAuthorized)
     } else {
         broker.auth.check(None, None)
     };
     match auth {
         AuthResult::Allowed => {}
         AuthResult::BadCredentials => {
-            return Err(refuse(io, version, 0x86, Some(connect.client_id.clone()), "bad user name or password"));
+            return Err(refuse(
+                io,
+                version,
+                0x86,
+                Some(connect.client_id.clone()),
+                "bad user name or password",
+            ));
         }
         AuthResult::NotAuthorized => {
-            return Err(refuse(io, version, 0x87, Some(connect.client_id.clone()), "not authorized"));
+            return Err(refuse(
+                io,
+                version,
+                0x87,
+                Some(connect.client_id.clone()),
+                "not authorized",
+            ));
         }
     }
-    if let Some(will) = &connect.will {
-        if router::validate_topic_name(&will.topic).is_err() {
-            // The will topic is a topic name: no wildcards (MQTT-3.1.3-11 asks for a valid
-            // UTF-8 topic name; v5 names 0x90 Topic Name Invalid for a bad one).
-            return Err(refuse(io, version, 0x90, Some(connect.client_id.clone()), "invalid will topic"));
-        }
+    if let Some(will) = &connect.will
+        && router::validate_topic_name(&will.topic).is_err()
+    {
+        // The will topic is a topic name: no wildcards (MQTT-3.1.3-11 asks for a valid
+        // UTF-8 topic name; v5 names 0x90 Topic Name Invalid for a bad one).
+        return Err(refuse(
+            io,
+            version,
+            0x90,
+            Some(connect.client_id.clone()),
+            "invalid will topic",
+        ));
     }
 
     let mut assigned = None;
     let client_id: Arc<str> = if connect.client_id.is_empty() {
         if version == Version::V311 && !connect.clean_start {
             // MQTT-3.1.3-8: an empty client id needs clean session 1 in 3.1.1.
-            return Err(refuse(io, version, 0x85, None, "empty client id without clean session"));
+            return Err(refuse(
+                io,
+                version,
+                0x85,
+                None,
+                "empty client id without clean session",
+            ));
         }
         let id = broker.assign_client_id();
         assigned = Some(id.clone());
@@ -254,7 +343,13 @@ where
     let mut server_keep_alive = None;
     if cap > 0 && (keep_alive == 0 || keep_alive > cap) {
         if version == Version::V311 {
-            return Err(refuse(io, version, 0x85, Some(client_id.to_string()), "keep-alive above max_keep_alive"));
+            return Err(refuse(
+                io,
+                version,
+                0x85,
+                Some(client_id.to_string()),
+                "keep-alive above max_keep_alive",
+            ));
         }
         keep_alive = cap;
         server_keep_alive = Some(cap);
@@ -279,7 +374,9 @@ where
             broker.stats.queued.clone(),
         ))
     };
-    let attached = broker.registry.attach(&client_id, control_tx, connect.clean_start, new_outbox);
+    let attached = broker
+        .registry
+        .attach(&client_id, control_tx, connect.clean_start, new_outbox);
     let previous = match attached.previous {
         Previous::Nothing => None,
         Previous::Waiting(session) => Some(session),
@@ -307,7 +404,10 @@ where
         }
         Some(old) => {
             // Clean start: the old session ends here, its will (if still delayed) with it.
-            let outbox = attached.replaced_outbox.clone().unwrap_or_else(|| attached.outbox.clone());
+            let outbox = attached
+                .replaced_outbox
+                .clone()
+                .unwrap_or_else(|| attached.outbox.clone());
             broker.end_session(old, &outbox);
             Box::new(Session::new(client_id.clone(), version))
         }
@@ -344,7 +444,11 @@ where
     } else {
         ConnAckProperties::default()
     };
-    let connack = Packet::ConnAck(ConnAck { session_present, reason_code: 0, properties });
+    let connack = Packet::ConnAck(ConnAck {
+        session_present,
+        reason_code: 0,
+        properties,
+    });
     if let Err(error) = protocol::encode(&connack, version, &mut io.wbuf) {
         tracing::error!(%error, "CONNACK could not be encoded");
     }
@@ -464,11 +568,10 @@ impl Connection {
                         if let Err(reason) = self.handle_input(&mut io.rbuf, &mut io.wbuf, max) {
                             return reason;
                         }
-                        if self.last_inbound != before {
-                            if let Some(deadline) = self.deadline() {
+                        if self.last_inbound != before
+                            && let Some(deadline) = self.deadline() {
                                 sleep.as_mut().reset(deadline.into());
                             }
-                        }
                     }
                 },
                 written = io.writer.write(&io.wbuf), if !io.wbuf.is_empty() => match written {
@@ -490,7 +593,12 @@ impl Connection {
     }
 
     /// Decodes every whole packet in `rbuf` and handles it; routes the publishes together.
-    fn handle_input(&mut self, rbuf: &mut BytesMut, wbuf: &mut BytesMut, max: usize) -> Result<(), CloseReason> {
+    fn handle_input(
+        &mut self,
+        rbuf: &mut BytesMut,
+        wbuf: &mut BytesMut,
+        max: usize,
+    ) -> Result<(), CloseReason> {
         let mut result = Ok(());
         loop {
             match protocol::decode(rbuf, Some(self.version), max) {
@@ -530,17 +638,20 @@ impl Connection {
             Packet::PingReq => self.send(&Packet::PingResp, wbuf),
             Packet::Publish(publish) => self.handle_publish(publish, wbuf),
             Packet::PubAck(ack) => {
-                if let Some(pos) = self.session.inflight_position(ack.packet_id) {
-                    if self.session.inflight_out[pos].state == OutboundState::AwaitingPubAck {
-                        self.session.inflight_out.remove(pos);
-                    }
+                if let Some(pos) = self.session.inflight_position(ack.packet_id)
+                    && self.session.inflight_out[pos].state == OutboundState::AwaitingPubAck
+                {
+                    self.session.inflight_out.remove(pos);
                 }
                 Ok(())
             }
             Packet::PubRec(ack) => {
                 let pos = self.session.inflight_position(ack.packet_id);
                 match pos {
-                    Some(pos) if self.session.inflight_out[pos].state != OutboundState::AwaitingPubAck => {
+                    Some(pos)
+                        if self.session.inflight_out[pos].state
+                            != OutboundState::AwaitingPubAck =>
+                    {
                         if ack.reason_code >= 0x80 {
                             self.session.inflight_out.remove(pos);
                             return Ok(());
@@ -550,7 +661,11 @@ impl Connection {
                     }
                     _ => {
                         // MQTT 5.0 §3.6.2.1: 0x92 Packet Identifier not found.
-                        let rel = Ack { packet_id: ack.packet_id, reason_code: 0x92, reason_string: None };
+                        let rel = Ack {
+                            packet_id: ack.packet_id,
+                            reason_code: 0x92,
+                            reason_string: None,
+                        };
                         self.send(&Packet::PubRel(rel), wbuf)
                     }
                 }
@@ -558,13 +673,20 @@ impl Connection {
             Packet::PubRel(ack) => {
                 let found = self.session.inbound_qos2.remove(&ack.packet_id);
                 let reason_code = if found { 0 } else { 0x92 };
-                self.send(&Packet::PubComp(Ack { packet_id: ack.packet_id, reason_code, reason_string: None }), wbuf)
+                self.send(
+                    &Packet::PubComp(Ack {
+                        packet_id: ack.packet_id,
+                        reason_code,
+                        reason_string: None,
+                    }),
+                    wbuf,
+                )
             }
             Packet::PubComp(ack) => {
-                if let Some(pos) = self.session.inflight_position(ack.packet_id) {
-                    if self.session.inflight_out[pos].state == OutboundState::AwaitingPubComp {
-                        self.session.inflight_out.remove(pos);
-                    }
+                if let Some(pos) = self.session.inflight_position(ack.packet_id)
+                    && self.session.inflight_out[pos].state == OutboundState::AwaitingPubComp
+                {
+                    self.session.inflight_out.remove(pos);
                 }
                 Ok(())
             }
@@ -580,7 +702,11 @@ impl Connection {
         }
     }
 
-    fn handle_publish(&mut self, mut publish: Publish, wbuf: &mut BytesMut) -> Result<(), CloseReason> {
+    fn handle_publish(
+        &mut self,
+        mut publish: Publish,
+        wbuf: &mut BytesMut,
+    ) -> Result<(), CloseReason> {
         // Topic aliases (v5 §3.3.2.3.4).
         let topic: Arc<str> = match publish.topic_alias {
             Some(alias) => {
@@ -590,7 +716,9 @@ impl Connection {
                 if publish.topic.is_empty() {
                     match self.inbound_aliases.get(&alias) {
                         Some(topic) => topic.clone(),
-                        None => return Err(CloseReason::InvalidInboundMessage(InvalidKind::Protocol)),
+                        None => {
+                            return Err(CloseReason::InvalidInboundMessage(InvalidKind::Protocol));
+                        }
                     }
                 } else {
                     let topic: Arc<str> = Arc::from(publish.topic.as_str());
@@ -611,7 +739,9 @@ impl Connection {
                 } else {
                     let limit = usize::from(self.broker.config.limits.receive_maximum);
                     if self.session.inbound_qos2.len() >= limit {
-                        return Err(CloseReason::InvalidInboundMessage(InvalidKind::ReceiveMaximum));
+                        return Err(CloseReason::InvalidInboundMessage(
+                            InvalidKind::ReceiveMaximum,
+                        ));
                     }
                     self.session.inbound_qos2.insert(publish.packet_id);
                     false
@@ -642,7 +772,11 @@ impl Connection {
         }
     }
 
-    fn handle_subscribe(&mut self, subscribe: Subscribe, wbuf: &mut BytesMut) -> Result<(), CloseReason> {
+    fn handle_subscribe(
+        &mut self,
+        subscribe: Subscribe,
+        wbuf: &mut BytesMut,
+    ) -> Result<(), CloseReason> {
         let mut reason_codes = Vec::with_capacity(subscribe.filters.len());
         let mut retained_for: Vec<(String, QoS, Option<u32>)> = Vec::new();
         {
@@ -651,7 +785,11 @@ impl Connection {
                 let parsed = match router::parse_filter(&request.filter) {
                     Ok(parsed) => parsed,
                     Err(_) => {
-                        reason_codes.push(if self.version == Version::V5 { 0x8F } else { 0x80 });
+                        reason_codes.push(if self.version == Version::V5 {
+                            0x8F
+                        } else {
+                            0x80
+                        });
                         continue;
                     }
                 };
@@ -667,8 +805,15 @@ impl Connection {
                     retain_as_published: request.retain_as_published,
                     subscription_identifier: subscribe.subscription_identifier,
                 };
-                let existed = table.subscribe(&self.client_id, self.outbox.clone(), &request.filter, options.clone());
-                self.session.subscriptions.insert(request.filter.clone(), options);
+                let existed = table.subscribe(
+                    &self.client_id,
+                    self.outbox.clone(),
+                    &request.filter,
+                    options.clone(),
+                );
+                self.session
+                    .subscriptions
+                    .insert(request.filter.clone(), options);
                 reason_codes.push(request.qos as u8);
                 // Retained messages are not sent for shared subscriptions (MQTT 5.0 §4.8.2).
                 let send_retained = !shared
@@ -678,12 +823,20 @@ impl Connection {
                         RetainHandling::DoNotSend => false,
                     };
                 if send_retained {
-                    retained_for.push((plain_filter, request.qos, subscribe.subscription_identifier));
+                    retained_for.push((
+                        plain_filter,
+                        request.qos,
+                        subscribe.subscription_identifier,
+                    ));
                 }
             }
             self.broker.stats.subscriptions.set(table.len() as f64);
         }
-        let suback = SubAck { packet_id: subscribe.packet_id, reason_codes, reason_string: None };
+        let suback = SubAck {
+            packet_id: subscribe.packet_id,
+            reason_codes,
+            reason_string: None,
+        };
         self.send(&Packet::SubAck(suback), wbuf)?;
         if !retained_for.is_empty() {
             let retained = self.broker.retained();
@@ -705,7 +858,11 @@ impl Connection {
         Ok(())
     }
 
-    fn handle_unsubscribe(&mut self, unsubscribe: Unsubscribe, wbuf: &mut BytesMut) -> Result<(), CloseReason> {
+    fn handle_unsubscribe(
+        &mut self,
+        unsubscribe: Unsubscribe,
+        wbuf: &mut BytesMut,
+    ) -> Result<(), CloseReason> {
         let mut reason_codes = Vec::with_capacity(unsubscribe.filters.len());
         {
             let mut table = self.broker.subscriptions_mut();
@@ -716,7 +873,13 @@ impl Connection {
             }
             self.broker.stats.subscriptions.set(table.len() as f64);
         }
-        self.send(&Packet::UnsubAck(UnsubAck { packet_id: unsubscribe.packet_id, reason_codes }), wbuf)
+        self.send(
+            &Packet::UnsubAck(UnsubAck {
+                packet_id: unsubscribe.packet_id,
+                reason_codes,
+            }),
+            wbuf,
+        )
     }
 
     fn handle_disconnect(&mut self, disconnect: Disconnect) -> Result<(), CloseReason> {
@@ -739,7 +902,8 @@ impl Connection {
         for entry in inflight {
             match entry.state {
                 OutboundState::AwaitingPubAck | OutboundState::AwaitingPubRec => {
-                    let publish = self.outbound_publish(&entry.delivery, entry.packet_id, true, false);
+                    let publish =
+                        self.outbound_publish(&entry.delivery, entry.packet_id, true, false);
                     let _ = self.send(&Packet::Publish(publish), wbuf);
                 }
                 OutboundState::AwaitingPubComp => {
@@ -750,18 +914,30 @@ impl Connection {
     }
 
     fn inflight_limit(&self) -> usize {
-        usize::from(self.broker.config.limits.max_inflight.min(self.client_receive_maximum))
+        usize::from(
+            self.broker
+                .config
+                .limits
+                .max_inflight
+                .min(self.client_receive_maximum),
+        )
     }
 
     /// Moves deliveries from the local list and the outbox into `wbuf`, within the in-flight
     /// window and the write high-water mark.
     fn pump(&mut self, wbuf: &mut BytesMut) {
         while wbuf.len() < WRITE_HIGH_WATER {
-            let budget = self.inflight_limit().saturating_sub(self.session.inflight_out.len());
+            let budget = self
+                .inflight_limit()
+                .saturating_sub(self.session.inflight_out.len());
             let mut batch = std::mem::take(&mut self.scratch);
             while batch.len() < DRAIN_BATCH {
                 match self.local.front() {
-                    Some(front) if front.qos == QoS::AtMostOnce || budget > batch.iter().filter(|d| d.qos != QoS::AtMostOnce).count() => {
+                    Some(front)
+                        if front.qos == QoS::AtMostOnce
+                            || budget
+                                > batch.iter().filter(|d| d.qos != QoS::AtMostOnce).count() =>
+                    {
                         if let Some(d) = self.local.pop_front() {
                             batch.push(d);
                         }
@@ -772,7 +948,8 @@ impl Connection {
             if self.local.is_empty() {
                 let used = batch.iter().filter(|d| d.qos != QoS::AtMostOnce).count();
                 let room = DRAIN_BATCH - batch.len();
-                self.outbox.drain(room, budget.saturating_sub(used), &mut batch);
+                self.outbox
+                    .drain(room, budget.saturating_sub(used), &mut batch);
             }
             if batch.is_empty() {
                 self.scratch = batch;
@@ -785,7 +962,13 @@ impl Connection {
         }
     }
 
-    fn outbound_publish(&mut self, delivery: &Delivery, packet_id: u16, dup: bool, use_alias: bool) -> Publish {
+    fn outbound_publish(
+        &mut self,
+        delivery: &Delivery,
+        packet_id: u16,
+        dup: bool,
+        use_alias: bool,
+    ) -> Publish {
         let message = &delivery.message;
         let mut publish = Publish {
             dup,
@@ -806,7 +989,8 @@ impl Connection {
                 if let Some(alias) = self.outbound_aliases.get(&message.topic) {
                     publish.topic_alias = Some(*alias);
                     publish.topic.clear();
-                } else if self.outbound_aliases.len() < usize::from(self.client_topic_alias_maximum) {
+                } else if self.outbound_aliases.len() < usize::from(self.client_topic_alias_maximum)
+                {
                     let alias = self.outbound_aliases.len() as u16 + 1;
                     self.outbound_aliases.insert(message.topic.clone(), alias);
                     publish.topic_alias = Some(alias);
@@ -835,7 +1019,8 @@ impl Connection {
         // largest form we might send.
         let mut publish = self.outbound_publish(&delivery, packet_id, false, false);
         if let Some(limit) = self.client_maximum_packet_size {
-            let size = protocol::encoded_len(&Packet::Publish(publish.clone()), self.version).unwrap_or(usize::MAX);
+            let size = protocol::encoded_len(&Packet::Publish(publish.clone()), self.version)
+                .unwrap_or(usize::MAX);
             if size > limit as usize {
                 stats.dropped_too_large.increment(1);
                 return;
@@ -850,8 +1035,16 @@ impl Connection {
         }
         stats.sent[qos as usize].increment(1);
         if qos != QoS::AtMostOnce {
-            let state = if qos == QoS::AtLeastOnce { OutboundState::AwaitingPubAck } else { OutboundState::AwaitingPubRec };
-            self.session.inflight_out.push_back(InflightOut { packet_id, delivery, state });
+            let state = if qos == QoS::AtLeastOnce {
+                OutboundState::AwaitingPubAck
+            } else {
+                OutboundState::AwaitingPubRec
+            };
+            self.session.inflight_out.push_back(InflightOut {
+                packet_id,
+                delivery,
+                state,
+            });
         }
     }
 
@@ -862,7 +1055,10 @@ impl Connection {
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
-        let peer_gone = matches!(reason, CloseReason::ConnectionLost | CloseReason::IoException);
+        let peer_gone = matches!(
+            reason,
+            CloseReason::ConnectionLost | CloseReason::IoException
+        );
         if !peer_gone {
             let deadline = if reason == CloseReason::ServerShutdown {
                 // Graceful shutdown: what was routed to this client before the stop goes out.
@@ -871,11 +1067,11 @@ impl Connection {
             } else {
                 CLOSE_WRITE_TIMEOUT
             };
-            if self.version == Version::V5 {
-                if let Some(code) = reason.disconnect_code() {
-                    let disconnect = Disconnect::with_reason(code, Some(reason.label().to_string()));
-                    let _ = self.send(&Packet::Disconnect(disconnect), &mut io.wbuf);
-                }
+            if self.version == Version::V5
+                && let Some(code) = reason.disconnect_code()
+            {
+                let disconnect = Disconnect::with_reason(code, Some(reason.label().to_string()));
+                let _ = self.send(&Packet::Disconnect(disconnect), &mut io.wbuf);
             }
             let _ = tokio::time::timeout(deadline, io.flush_all()).await;
             let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, io.writer.shutdown()).await;
@@ -900,13 +1096,25 @@ impl Connection {
 
         let will_delay = self.session.will.as_ref().map(|w| w.delay_interval);
         let expiry = self.session.expiry_interval;
-        let session = std::mem::replace(&mut self.session, Box::new(Session::new(self.client_id.clone(), self.version)));
+        let session = std::mem::replace(
+            &mut self.session,
+            Box::new(Session::new(self.client_id.clone(), self.version)),
+        );
         if let Some(reply) = self.takeover_reply.take() {
             let _ = reply.send(Some(session));
         } else {
-            match self.broker.registry.detach(&self.client_id, self.generation, session, survives) {
+            match self
+                .broker
+                .registry
+                .detach(&self.client_id, self.generation, session, survives)
+            {
                 Detached::Kept => {
-                    self.broker.schedule_waiting_session(self.client_id.clone(), self.generation, will_delay, expiry);
+                    self.broker.schedule_waiting_session(
+                        self.client_id.clone(),
+                        self.generation,
+                        will_delay,
+                        expiry,
+                    );
                 }
                 Detached::Removed(session, outbox) => self.broker.end_session(session, &outbox),
                 Detached::NotOwner(session) => {

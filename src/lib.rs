@@ -8,16 +8,16 @@
 //! - [`auth`], [`tls`], [`metrics`]: operations.
 
 pub mod auth;
+pub mod broker;
 pub mod close;
 pub mod config;
-pub mod metrics;
-pub mod protocol;
-pub mod router;
-pub mod tls;
-pub mod broker;
-pub mod message;
-pub mod outbox;
-pub mod registry;
-pub mod session;
 pub mod connection;
+pub mod message;
+pub mod metrics;
+pub mod outbox;
+pub mod protocol;
+pub mod registry;
+pub mod router;
 pub mod server;
+pub mod session;
+pub mod tls;

@@ -10,7 +10,11 @@ use brokk::config::{Config, LogFormat};
 use brokk::server::Server;
 
 #[derive(Parser)]
-#[command(name = "brokk", version, about = "An MQTT 3.1.1 and 5.0 broker that always says why a session ended")]
+#[command(
+    name = "brokk",
+    version,
+    about = "An MQTT 3.1.1 and 5.0 broker that always says why a session ended"
+)]
 struct Cli {
     /// Configuration file (default: the built-in broker.toml). Every key is optional.
     #[arg(long, value_name = "PATH", global = true)]
@@ -51,7 +55,10 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_tracing(&config);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("brokk: cannot start the runtime: {error}");
@@ -104,7 +111,8 @@ async fn wait_for_signal() {
 
 fn init_tracing(config: &Config) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match config.log.format {
         LogFormat::Json => builder.json().init(),

@@ -75,7 +75,9 @@ impl Outbox {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while holding this lock leaves a consistent queue (every mutation is a
         // single VecDeque call), so a poisoned lock is still safe to use.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub fn offer(&self, delivery: Delivery) -> Offer {
@@ -87,7 +89,11 @@ impl Outbox {
             if !state.connected && delivery.qos == QoS::AtMostOnce {
                 return Offer::NotQueuedOffline;
             }
-            let limit = if state.connected { self.limit_connected } else { self.limit_disconnected };
+            let limit = if state.connected {
+                self.limit_connected
+            } else {
+                self.limit_disconnected
+            };
             if state.queue.len() < limit {
                 state.queue.push_back(delivery);
                 self.queued.increment(1.0);
@@ -119,7 +125,9 @@ impl Outbox {
         let mut state = self.lock();
         let mut moved = 0;
         while moved < max {
-            let Some(front) = state.queue.front() else { break };
+            let Some(front) = state.queue.front() else {
+                break;
+            };
             if front.qos != QoS::AtMostOnce {
                 if qos_budget == 0 {
                     break;

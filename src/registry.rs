@@ -21,7 +21,9 @@ use crate::session::Session;
 pub enum Control {
     /// Another CONNECT took the client id: close with session_taken_over and hand the session
     /// over through `reply` (or `None` if there is nothing to hand over).
-    TakeOver { reply: oneshot::Sender<Option<Box<Session>>> },
+    TakeOver {
+        reply: oneshot::Sender<Option<Box<Session>>>,
+    },
     /// Close with this reason.
     Close(CloseReason),
 }
@@ -114,7 +116,12 @@ impl Registry {
                     state: State::Connected { control },
                 });
                 self.connected.increment(1.0);
-                Attached { generation, outbox, previous: Previous::Nothing, replaced_outbox: None }
+                Attached {
+                    generation,
+                    outbox,
+                    previous: Previous::Nothing,
+                    replaced_outbox: None,
+                }
             }
             MapEntry::Occupied(mut occupied) => {
                 let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
@@ -135,27 +142,41 @@ impl Registry {
                         Previous::Waiting(session)
                     }
                 };
-                Attached { generation, outbox: entry.outbox.clone(), previous, replaced_outbox }
+                Attached {
+                    generation,
+                    outbox: entry.outbox.clone(),
+                    previous,
+                    replaced_outbox,
+                }
             }
         }
     }
 
     /// The owner (by `generation`) lets go of the session: it waits in the table when `keep`,
     /// else it ends.
-    pub fn detach(&self, client_id: &str, generation: u64, session: Box<Session>, keep: bool) -> Detached {
+    pub fn detach(
+        &self,
+        client_id: &str,
+        generation: u64,
+        session: Box<Session>,
+        keep: bool,
+    ) -> Detached {
         if keep {
-            if let Some(mut entry) = self.map.get_mut(client_id) {
-                if entry.generation == generation {
-                    entry.outbox.set_connected(false);
-                    entry.state = State::Disconnected { session };
-                    self.connected.decrement(1.0);
-                    self.disconnected.increment(1.0);
-                    return Detached::Kept;
-                }
+            if let Some(mut entry) = self.map.get_mut(client_id)
+                && entry.generation == generation
+            {
+                entry.outbox.set_connected(false);
+                entry.state = State::Disconnected { session };
+                self.connected.decrement(1.0);
+                self.disconnected.increment(1.0);
+                return Detached::Kept;
             }
             return Detached::NotOwner(session);
         }
-        match self.map.remove_if(client_id, |_, entry| entry.generation == generation) {
+        match self
+            .map
+            .remove_if(client_id, |_, entry| entry.generation == generation)
+        {
             Some((_, entry)) => {
                 self.connected.decrement(1.0);
                 Detached::Removed(session, entry.outbox)
@@ -179,7 +200,11 @@ impl Registry {
 
     /// Ends a waiting session whose queue overflowed (`queue_full_policy = "disconnect"`);
     /// `outbox` identifies it, so a newer session under the same id is left alone.
-    pub fn discard_overflowed(&self, client_id: &str, outbox: &Arc<Outbox>) -> Option<Box<Session>> {
+    pub fn discard_overflowed(
+        &self,
+        client_id: &str,
+        outbox: &Arc<Outbox>,
+    ) -> Option<Box<Session>> {
         let (_, entry) = self.map.remove_if(client_id, |_, entry| {
             Arc::ptr_eq(&entry.outbox, outbox) && matches!(entry.state, State::Disconnected { .. })
         })?;
@@ -201,7 +226,11 @@ impl Registry {
     /// Takes the will out of a session still waiting since `generation`, for a delayed will
     /// whose time came: `None` if the client came back (the will is cancelled), `Some(None)`
     /// if the session has no will left.
-    pub fn take_will(&self, client_id: &str, generation: u64) -> Option<Option<crate::protocol::Will>> {
+    pub fn take_will(
+        &self,
+        client_id: &str,
+        generation: u64,
+    ) -> Option<Option<crate::protocol::Will>> {
         let mut entry = self.map.get_mut(client_id)?;
         if entry.generation != generation {
             return None;
@@ -214,7 +243,9 @@ impl Registry {
 
     /// Sends `control` to the connected owner of `client_id`; false if none.
     pub fn signal(&self, client_id: &str, control: Control) -> bool {
-        let Some(entry) = self.map.get(client_id) else { return false };
+        let Some(entry) = self.map.get(client_id) else {
+            return false;
+        };
         match &entry.state {
             State::Connected { control: tx } => tx.send(control).is_ok(),
             State::Disconnected { .. } => false,
@@ -264,7 +295,12 @@ mod tests {
     use crate::protocol::Version;
 
     fn outbox() -> Arc<Outbox> {
-        Arc::new(Outbox::new(10, 10, QueueFullPolicy::Disconnect, metrics::Gauge::noop()))
+        Arc::new(Outbox::new(
+            10,
+            10,
+            QueueFullPolicy::Disconnect,
+            metrics::Gauge::noop(),
+        ))
     }
 
     fn session(id: &str) -> Box<Session> {
@@ -280,10 +316,19 @@ mod tests {
         let (tx2, _rx2) = mpsc::unbounded_channel();
         let second = registry.attach(&id, tx2, false, outbox);
         assert!(matches!(second.previous, Previous::Connected(_)));
-        assert!(matches!(registry.detach("c", first.generation, session("c"), false), Detached::NotOwner(_)));
-        assert!(matches!(registry.detach("c", first.generation, session("c"), true), Detached::NotOwner(_)));
+        assert!(matches!(
+            registry.detach("c", first.generation, session("c"), false),
+            Detached::NotOwner(_)
+        ));
+        assert!(matches!(
+            registry.detach("c", first.generation, session("c"), true),
+            Detached::NotOwner(_)
+        ));
         assert_eq!(registry.counts(), (1, 0));
-        assert!(matches!(registry.detach("c", second.generation, session("c"), true), Detached::Kept));
+        assert!(matches!(
+            registry.detach("c", second.generation, session("c"), true),
+            Detached::Kept
+        ));
         assert_eq!(registry.counts(), (0, 1));
     }
 
@@ -293,7 +338,10 @@ mod tests {
         let id: Arc<str> = Arc::from("c");
         let (tx, _rx) = mpsc::unbounded_channel();
         let first = registry.attach(&id, tx, false, outbox);
-        assert!(matches!(registry.detach("c", first.generation, session("c"), true), Detached::Kept));
+        assert!(matches!(
+            registry.detach("c", first.generation, session("c"), true),
+            Detached::Kept
+        ));
         assert!(registry.is_waiting("c", first.generation));
         let (tx, _rx) = mpsc::unbounded_channel();
         let second = registry.attach(&id, tx, false, outbox);
@@ -317,12 +365,18 @@ mod tests {
                 (attached.generation, rx)
             }));
         }
-        let results: Vec<_> = threads.into_iter().map(|t| t.join().expect("thread")).collect();
+        let results: Vec<_> = threads
+            .into_iter()
+            .map(|t| t.join().expect("thread"))
+            .collect();
         assert_eq!(registry.counts(), (1, 0));
         let newest = results.iter().map(|(g, _)| *g).max().expect("some");
         for (generation, _) in &results {
             let outcome = registry.detach("c", *generation, session("c"), false);
-            assert_eq!(matches!(outcome, Detached::Removed(..)), *generation == newest);
+            assert_eq!(
+                matches!(outcome, Detached::Removed(..)),
+                *generation == newest
+            );
         }
         assert!(registry.is_empty());
     }

@@ -27,7 +27,11 @@ pub enum StartError {
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error("{key}: cannot listen on {addr}: {source}")]
-    Bind { key: String, addr: SocketAddr, source: std::io::Error },
+    Bind {
+        key: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// A running broker. Dropping it does not stop it; call [`Server::shutdown`].
@@ -53,22 +57,27 @@ impl Server {
                 Some(tls) => Some((crate::tls::acceptor(name, tls)?, tls.handshake_timeout)),
                 None => None,
             };
-            let socket = TcpListener::bind(listener.bind).await.map_err(|source| StartError::Bind {
-                key: format!("listeners.{name}.bind"),
-                addr: listener.bind,
-                source,
-            })?;
+            let socket =
+                TcpListener::bind(listener.bind)
+                    .await
+                    .map_err(|source| StartError::Bind {
+                        key: format!("listeners.{name}.bind"),
+                        addr: listener.bind,
+                        source,
+                    })?;
             acceptors.push((name.clone(), socket, tls));
         }
         let handle = crate::metrics::install();
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let metrics_addr = if config.metrics.enabled {
             let bind = config.metrics.bind;
-            let socket = TcpListener::bind(bind).await.map_err(|source| StartError::Bind {
-                key: "metrics.bind".to_string(),
-                addr: bind,
-                source,
-            })?;
+            let socket = TcpListener::bind(bind)
+                .await
+                .map_err(|source| StartError::Bind {
+                    key: "metrics.bind".to_string(),
+                    addr: bind,
+                    source,
+                })?;
             let addr = socket.local_addr().ok();
             let mut stop = shutdown_rx.clone();
             tokio::spawn(crate::metrics::serve(socket, handle, async move {
@@ -112,7 +121,10 @@ impl Server {
 
     /// The bound address of listener `name` (useful with port 0).
     pub fn local_addr(&self, name: &str) -> Option<SocketAddr> {
-        self.listeners.iter().find(|(n, _)| n == name).map(|(_, a)| *a)
+        self.listeners
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| *a)
     }
 
     pub fn listeners(&self) -> &[(String, SocketAddr)] {
@@ -137,7 +149,10 @@ impl Server {
         self.broker.registry.signal_all(CloseReason::ServerShutdown);
         drop(self.drain_tx.take());
         let limit = self.broker.config.limits.shutdown_drain + Duration::from_secs(2);
-        if tokio::time::timeout(limit, self.drained_rx.recv()).await.is_err() {
+        if tokio::time::timeout(limit, self.drained_rx.recv())
+            .await
+            .is_err()
+        {
             tracing::warn!("shutdown: connections still open after the drain deadline");
         }
     }
@@ -200,17 +215,31 @@ async fn accept_loop(
     }
 }
 
-async fn serve_socket(ctx: ConnectionContext, stream: TcpStream, tls: Option<(tokio_rustls::TlsAcceptor, Duration)>) {
+async fn serve_socket(
+    ctx: ConnectionContext,
+    stream: TcpStream,
+    tls: Option<(tokio_rustls::TlsAcceptor, Duration)>,
+) {
     match tls {
         None => connection::serve(ctx, stream).await,
         Some((acceptor, timeout)) => {
             let started = Instant::now();
             match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
                 Ok(Ok(tls_stream)) => connection::serve(ctx, tls_stream).await,
-                Ok(Err(error)) => {
-                    connection::log_close(None, ctx.peer, CloseReason::IoException, started, Some(&format!("TLS handshake failed: {error}")))
-                }
-                Err(_) => connection::log_close(None, ctx.peer, CloseReason::IoException, started, Some("TLS handshake timed out")),
+                Ok(Err(error)) => connection::log_close(
+                    None,
+                    ctx.peer,
+                    CloseReason::IoException,
+                    started,
+                    Some(&format!("TLS handshake failed: {error}")),
+                ),
+                Err(_) => connection::log_close(
+                    None,
+                    ctx.peer,
+                    CloseReason::IoException,
+                    started,
+                    Some("TLS handshake timed out"),
+                ),
             }
         }
     }

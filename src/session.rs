@@ -77,7 +77,9 @@ impl Session {
     }
 
     pub fn inflight_position(&self, packet_id: u16) -> Option<usize> {
-        self.inflight_out.iter().position(|m| m.packet_id == packet_id)
+        self.inflight_out
+            .iter()
+            .position(|m| m.packet_id == packet_id)
     }
 
     /// Highest QoS among the subscriptions (used by tests and diagnostics).
@@ -106,7 +108,12 @@ mod tests {
         });
         s.inflight_out.push_back(InflightOut {
             packet_id: 2,
-            delivery: Delivery { message, qos: QoS::AtLeastOnce, retain: false, subscription_identifiers: vec![] },
+            delivery: Delivery {
+                message,
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                subscription_identifiers: vec![],
+            },
             state: OutboundState::AwaitingPubAck,
         });
         assert_eq!(s.allocate_packet_id(), Some(3));

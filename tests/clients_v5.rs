@@ -10,10 +10,10 @@ use bytes::Bytes;
 use common::*;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{
-    DisconnectReasonCode, Filter, LastWill, LastWillProperties, Packet, PublishProperties,
-    SubscribeProperties,
+    Disconnect, DisconnectReasonCode, Filter, LastWill, LastWillProperties, Packet,
+    PublishProperties, SubscribeProperties,
 };
-use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use rumqttc::v5::{AsyncClient, ConnectionError, Event, MqttOptions, StateError};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -45,16 +45,35 @@ async fn client_with(options: MqttOptions) -> (Client, rumqttc::v5::mqttbytes::v
     let (client, mut eventloop) = AsyncClient::new(options, 100);
     let (tx, mut events) = mpsc::unbounded_channel();
     let task = tokio::spawn(async move {
-        while let Ok(event) = eventloop.poll().await {
-            if let Event::Incoming(packet) = event {
-                if tx.send(packet).is_err() {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(packet)) => {
+                    if tx.send(packet).is_err() {
+                        break;
+                    }
+                }
+                Ok(_) => {}
+                // rumqttc reports a server DISCONNECT as an error; pass it on as the packet.
+                Err(ConnectionError::MqttState(StateError::ServerDisconnect {
+                    reason_code,
+                    ..
+                })) => {
+                    let _ = tx.send(Packet::Disconnect(Disconnect::new(reason_code)));
                     break;
                 }
+                Err(_) => break,
             }
         }
     });
     match tokio::time::timeout(WAIT, events.recv()).await {
-        Ok(Some(Packet::ConnAck(connack))) => (Client { client, events, task }, connack),
+        Ok(Some(Packet::ConnAck(connack))) => (
+            Client {
+                client,
+                events,
+                task,
+            },
+            connack,
+        ),
         other => panic!("expected CONNACK, got {other:?}"),
     }
 }
@@ -97,13 +116,22 @@ impl Client {
 async fn qos_0_1_2_and_connack_limits() {
     let broker = start().await;
     let (mut sub, connack) = client_with(options(&broker, "sub")).await;
-    let props = connack.properties.expect("v5 CONNACK carries the server's limits");
+    let props = connack
+        .properties
+        .expect("v5 CONNACK carries the server's limits");
     assert_eq!(props.receive_max, Some(64));
     assert_eq!(props.max_packet_size, Some(1_048_576));
     sub.subscribe("a/#", QoS::ExactlyOnce).await;
     let publisher = client(&broker, "pub").await;
-    for (i, qos) in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce].into_iter().enumerate() {
-        publisher.client.publish(format!("a/{i}"), qos, false, vec![i as u8]).await.expect("publish");
+    for (i, qos) in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce]
+        .into_iter()
+        .enumerate()
+    {
+        publisher
+            .client
+            .publish(format!("a/{i}"), qos, false, vec![i as u8])
+            .await
+            .expect("publish");
         let p = sub.next_publish().await;
         assert_eq!((p.qos, p.payload.as_ref()), (qos, &[i as u8][..]));
     }
@@ -114,7 +142,9 @@ async fn qos_0_1_2_and_connack_limits() {
 async fn empty_client_id_gets_an_assigned_identifier() {
     let broker = start().await;
     let (_c, connack) = client_with(options(&broker, "")).await;
-    let assigned = connack.properties.and_then(|p| p.assigned_client_identifier);
+    let assigned = connack
+        .properties
+        .and_then(|p| p.assigned_client_identifier);
     assert!(assigned.is_some_and(|id| !id.is_empty()));
     broker.stop().await;
 }
@@ -137,10 +167,19 @@ async fn takeover_sends_0x8e_to_the_old_client() {
 async fn properties_pass_through_and_subscription_ids_are_all_attached() {
     let broker = start().await;
     let mut sub = client(&broker, "sub").await;
-    let props = |id| SubscribeProperties { id: Some(id), user_properties: vec![] };
-    sub.client.subscribe_with_properties("p/+", QoS::AtLeastOnce, props(7)).await.expect("sub");
+    let props = |id| SubscribeProperties {
+        id: Some(id),
+        user_properties: vec![],
+    };
+    sub.client
+        .subscribe_with_properties("p/+", QoS::AtLeastOnce, props(7))
+        .await
+        .expect("sub");
     sub.suback().await;
-    sub.client.subscribe_with_properties("p/#", QoS::AtMostOnce, props(9)).await.expect("sub");
+    sub.client
+        .subscribe_with_properties("p/#", QoS::AtMostOnce, props(9))
+        .await
+        .expect("sub");
     sub.suback().await;
     let publisher = client(&broker, "pub").await;
     let properties = PublishProperties {
@@ -158,14 +197,27 @@ async fn properties_pass_through_and_subscription_ids_are_all_attached() {
         .await
         .expect("publish");
     let p = sub.next_publish().await;
-    assert_eq!(p.qos, QoS::AtLeastOnce, "one copy at the highest granted QoS");
+    assert_eq!(
+        p.qos,
+        QoS::AtLeastOnce,
+        "one copy at the highest granted QoS"
+    );
     let got = p.properties.expect("properties");
     assert_eq!(got.payload_format_indicator, Some(1));
     assert_eq!(got.content_type.as_deref(), Some("text/plain"));
     assert_eq!(got.response_topic.as_deref(), Some("reply/here"));
     assert_eq!(got.correlation_data.as_deref(), Some(&b"corr"[..]));
-    assert_eq!(got.user_properties, vec![("k".to_string(), "v".to_string()), ("k".to_string(), "w".to_string())]);
-    assert!(got.message_expiry_interval.is_some_and(|s| s <= 60 && s >= 58));
+    assert_eq!(
+        got.user_properties,
+        vec![
+            ("k".to_string(), "v".to_string()),
+            ("k".to_string(), "w".to_string())
+        ]
+    );
+    assert!(
+        got.message_expiry_interval
+            .is_some_and(|s| (58..=60).contains(&s))
+    );
     let mut ids = got.subscription_identifiers.clone();
     ids.sort();
     assert_eq!(ids, vec![7, 9]);
@@ -176,11 +228,23 @@ async fn properties_pass_through_and_subscription_ids_are_all_attached() {
 async fn no_local_skips_own_messages() {
     let broker = start().await;
     let mut c = client(&broker, "self").await;
-    let filter = Filter { nolocal: true, ..Filter::new("n", QoS::AtMostOnce) };
-    c.client.subscribe_many([filter, Filter::new("marker", QoS::AtMostOnce)]).await.expect("sub");
+    let filter = Filter {
+        nolocal: true,
+        ..Filter::new("n", QoS::AtMostOnce)
+    };
+    c.client
+        .subscribe_many([filter, Filter::new("marker", QoS::AtMostOnce)])
+        .await
+        .expect("sub");
     c.suback().await;
-    c.client.publish("n", QoS::AtMostOnce, false, "mine").await.expect("publish");
-    c.client.publish("marker", QoS::AtMostOnce, false, "m").await.expect("publish");
+    c.client
+        .publish("n", QoS::AtMostOnce, false, "mine")
+        .await
+        .expect("publish");
+    c.client
+        .publish("marker", QoS::AtMostOnce, false, "m")
+        .await
+        .expect("publish");
     let p = c.next_publish().await;
     assert_eq!(p.topic.as_ref(), b"marker");
     broker.stop().await;
@@ -193,27 +257,46 @@ async fn delayed_will_is_cancelled_when_the_session_resumes_in_time() {
     watcher.subscribe("will/#", QoS::AtLeastOnce).await;
 
     let will = |topic: &str, delay| {
-        LastWill::new(topic, "gone", QoS::AtLeastOnce, false, Some(will_properties(delay)))
+        LastWill::new(
+            topic,
+            "gone",
+            QoS::AtLeastOnce,
+            false,
+            Some(will_properties(delay)),
+        )
     };
     // Resumes in time: no will.
     let mut opts = options(&broker, "delayed");
-    opts.set_clean_start(false).set_session_expiry_interval(Some(60)).set_last_will(will("will/delayed", 2));
+    opts.set_clean_start(false)
+        .set_session_expiry_interval(Some(60))
+        .set_last_will(will("will/delayed", 2));
     let (c, _) = client_with(opts.clone()).await;
     c.task.abort();
     drop(c);
-    broker.wait_metric("brokk_connections_closed_total{reason=\"connection_lost\"}", 1.0).await;
+    broker
+        .wait_metric(
+            "brokk_connections_closed_total{reason=\"connection_lost\"}",
+            1.0,
+        )
+        .await;
     let (_back, connack) = client_with(opts).await;
     assert!(connack.session_present);
 
     // Never comes back: the will fires after its delay.
     let mut opts = options(&broker, "gone");
-    opts.set_clean_start(false).set_session_expiry_interval(Some(60)).set_last_will(will("will/gone", 1));
+    opts.set_clean_start(false)
+        .set_session_expiry_interval(Some(60))
+        .set_last_will(will("will/gone", 1));
     let (c, _) = client_with(opts).await;
     let started = Instant::now();
     c.task.abort();
     drop(c);
     let p = watcher.next_publish().await;
-    assert_eq!(p.topic.as_ref(), b"will/gone", "the cancelled will never arrives, the other does");
+    assert_eq!(
+        p.topic.as_ref(),
+        b"will/gone",
+        "the cancelled will never arrives, the other does"
+    );
     assert!(started.elapsed() >= Duration::from_millis(900));
     broker.stop().await;
 }
@@ -225,13 +308,22 @@ async fn will_with_session_expiry_zero_goes_at_once() {
     watcher.subscribe("w", QoS::AtLeastOnce).await;
     let mut opts = options(&broker, "short");
     let props = will_properties(30);
-    opts.set_last_will(LastWill::new("w", "bye", QoS::AtLeastOnce, false, Some(props)));
+    opts.set_last_will(LastWill::new(
+        "w",
+        "bye",
+        QoS::AtLeastOnce,
+        false,
+        Some(props),
+    ));
     let (c, _) = client_with(opts).await;
     let started = Instant::now();
     c.task.abort();
     drop(c);
     watcher.next_publish().await;
-    assert!(started.elapsed() < Duration::from_secs(5), "session ends at once, so the will goes at once");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "session ends at once, so the will goes at once"
+    );
     broker.stop().await;
 }
 
@@ -239,7 +331,11 @@ async fn will_with_session_expiry_zero_goes_at_once() {
 async fn shared_subscription_and_retained_with_v5() {
     let broker = start().await;
     let publisher = client(&broker, "pub").await;
-    publisher.client.publish("s/r", QoS::AtLeastOnce, true, "kept").await.expect("publish");
+    publisher
+        .client
+        .publish("s/r", QoS::AtLeastOnce, true, "kept")
+        .await
+        .expect("publish");
     let mut probe = client(&broker, "probe").await;
     probe.subscribe("s/r", QoS::AtLeastOnce).await;
     let p = probe.next_publish().await;
@@ -247,9 +343,17 @@ async fn shared_subscription_and_retained_with_v5() {
 
     let mut a = client(&broker, "a").await;
     a.subscribe("$share/g/s/+", QoS::AtLeastOnce).await;
-    publisher.client.publish("s/x", QoS::AtLeastOnce, false, "job").await.expect("publish");
+    publisher
+        .client
+        .publish("s/x", QoS::AtLeastOnce, false, "job")
+        .await
+        .expect("publish");
     let p = a.next_publish().await;
-    assert_eq!(p.payload.as_ref(), b"job", "no retained message for a shared subscription, then the job");
+    assert_eq!(
+        p.payload.as_ref(),
+        b"job",
+        "no retained message for a shared subscription, then the job"
+    );
     broker.stop().await;
 }
 
@@ -257,20 +361,42 @@ async fn shared_subscription_and_retained_with_v5() {
 async fn message_expiry_drops_stale_queued_messages() {
     let broker = start().await;
     let mut opts = options(&broker, "late");
-    opts.set_clean_start(false).set_session_expiry_interval(Some(60));
+    opts.set_clean_start(false)
+        .set_session_expiry_interval(Some(60));
     let (mut sub, _) = client_with(opts.clone()).await;
     sub.subscribe("e", QoS::AtLeastOnce).await;
     sub.client.disconnect().await.expect("disconnect");
     sub.task.await.ok();
-    broker.wait_metric("brokk_connections_closed_total{reason=\"closed_by_client\"}", 1.0).await;
+    broker
+        .wait_metric(
+            "brokk_connections_closed_total{reason=\"closed_by_client\"}",
+            1.0,
+        )
+        .await;
     let publisher = client(&broker, "pub").await;
-    let short = PublishProperties { message_expiry_interval: Some(1), ..Default::default() };
-    publisher.client.publish_with_properties("e", QoS::AtLeastOnce, false, "stale", short).await.expect("p");
-    publisher.client.publish("e", QoS::AtLeastOnce, false, "fresh").await.expect("p");
+    let short = PublishProperties {
+        message_expiry_interval: Some(1),
+        ..Default::default()
+    };
+    publisher
+        .client
+        .publish_with_properties("e", QoS::AtLeastOnce, false, "stale", short)
+        .await
+        .expect("p");
+    publisher
+        .client
+        .publish("e", QoS::AtLeastOnce, false, "fresh")
+        .await
+        .expect("p");
     tokio::time::sleep(Duration::from_millis(1100)).await; // let the first message's expiry pass
     let (mut sub, _) = client_with(opts).await;
     assert_eq!(sub.next_publish().await.payload.as_ref(), b"fresh");
-    assert_eq!(broker.metric("brokk_messages_dropped_total{reason=\"expired\"}").await, 1.0);
+    assert_eq!(
+        broker
+            .metric("brokk_messages_dropped_total{reason=\"expired\"}")
+            .await,
+        1.0
+    );
     broker.stop().await;
 }
 
@@ -279,7 +405,12 @@ async fn topic_alias_from_client_is_resolved() {
     let broker = start().await;
     let mut sub = client(&broker, "sub").await;
     sub.subscribe("alias/topic", QoS::AtMostOnce).await;
-    let mut raw = Raw::connect(broker.addr, connect_packet(brokk::protocol::Version::V5, "aliaser")).await.0;
+    let mut raw = Raw::connect(
+        broker.addr,
+        connect_packet(brokk::protocol::Version::V5, "aliaser"),
+    )
+    .await
+    .0;
     let mut publish = brokk::protocol::Publish {
         dup: false,
         qos: brokk::protocol::QoS::AtMostOnce,
@@ -291,12 +422,17 @@ async fn topic_alias_from_client_is_resolved() {
         subscription_identifiers: vec![],
         properties: Default::default(),
     };
-    raw.send_packet(&brokk::protocol::Packet::Publish(publish.clone())).await;
+    raw.send_packet(&brokk::protocol::Packet::Publish(publish.clone()))
+        .await;
     publish.topic.clear();
     publish.payload = Bytes::from_static(b"2");
-    raw.send_packet(&brokk::protocol::Packet::Publish(publish)).await;
+    raw.send_packet(&brokk::protocol::Packet::Publish(publish))
+        .await;
     assert_eq!(sub.next_publish().await.payload.as_ref(), b"1");
     let p = sub.next_publish().await;
-    assert_eq!((p.topic.as_ref(), p.payload.as_ref()), (&b"alias/topic"[..], &b"2"[..]));
+    assert_eq!(
+        (p.topic.as_ref(), p.payload.as_ref()),
+        (&b"alias/topic"[..], &b"2"[..])
+    );
     broker.stop().await;
 }

@@ -40,7 +40,11 @@ fn publish(topic: &str, qos: QoS, packet_id: u16, payload: &[u8]) -> Packet {
     })
 }
 
-async fn persistent(addr: std::net::SocketAddr, version: Version, id: &str) -> (Raw, brokk::protocol::ConnAck) {
+async fn persistent(
+    addr: std::net::SocketAddr,
+    version: Version,
+    id: &str,
+) -> (Raw, brokk::protocol::ConnAck) {
     let mut connect = connect_packet(version, id);
     connect.clean_start = false;
     if version == Version::V5 {
@@ -67,7 +71,10 @@ async fn takeover_v5_tells_the_old_client_and_hands_the_session_over() {
     subscribed(&mut old, "t/#", QoS::AtLeastOnce).await;
 
     let (mut new, connack) = persistent(broker.addr, Version::V5, "dup").await;
-    assert!(connack.session_present, "Clean Start 0 resumes the taken-over session");
+    assert!(
+        connack.session_present,
+        "Clean Start 0 resumes the taken-over session"
+    );
     let sent = old.until_closed().await;
     match sent.last() {
         Some(Packet::Disconnect(d)) => {
@@ -78,12 +85,22 @@ async fn takeover_v5_tells_the_old_client_and_hands_the_session_over() {
     }
 
     let (mut publisher, _) = Raw::connect(broker.addr, connect_packet(Version::V5, "pub")).await;
-    publisher.send_packet(&publish("t/x", QoS::AtMostOnce, 0, b"hello")).await;
+    publisher
+        .send_packet(&publish("t/x", QoS::AtMostOnce, 0, b"hello"))
+        .await;
     match new.recv().await {
         Some(Packet::Publish(p)) => assert_eq!(&p.payload[..], b"hello"),
         other => panic!("new owner expected the message, got {other:?}"),
     }
-    assert_eq!(broker.wait_metric("brokk_connections_closed_total{reason=\"session_taken_over\"}", 1.0).await, 1.0);
+    assert_eq!(
+        broker
+            .wait_metric(
+                "brokk_connections_closed_total{reason=\"session_taken_over\"}",
+                1.0
+            )
+            .await,
+        1.0
+    );
     broker.stop().await;
 }
 
@@ -95,8 +112,19 @@ async fn takeover_v311_closes_the_old_connection() {
     subscribed(&mut old, "a", QoS::AtLeastOnce).await;
     let (_new, connack) = persistent(broker.addr, Version::V311, "dup311").await;
     assert!(connack.session_present);
-    assert!(old.until_closed().await.is_empty(), "3.1.1: closed without a DISCONNECT");
-    assert_eq!(broker.wait_metric("brokk_connections_closed_total{reason=\"session_taken_over\"}", 1.0).await, 1.0);
+    assert!(
+        old.until_closed().await.is_empty(),
+        "3.1.1: closed without a DISCONNECT"
+    );
+    assert_eq!(
+        broker
+            .wait_metric(
+                "brokk_connections_closed_total{reason=\"session_taken_over\"}",
+                1.0
+            )
+            .await,
+        1.0
+    );
     broker.stop().await;
 }
 
@@ -111,7 +139,9 @@ async fn takeover_moves_in_flight_messages_and_resends_them_with_dup() {
         subscribed(&mut old, "q", QoS::AtLeastOnce).await;
         let (mut publisher, _) = Raw::connect(broker.addr, connect_packet(version, "p")).await;
         for i in 1..=3u16 {
-            publisher.send_packet(&publish("q", QoS::AtLeastOnce, i, &[i as u8])).await;
+            publisher
+                .send_packet(&publish("q", QoS::AtLeastOnce, i, &[i as u8]))
+                .await;
         }
         // The old subscriber receives the three and never acknowledges them.
         for _ in 0..3 {
@@ -125,7 +155,8 @@ async fn takeover_moves_in_flight_messages_and_resends_them_with_dup() {
                 Some(Packet::Publish(p)) => {
                     assert!(p.dup, "a resent PUBLISH carries DUP");
                     payloads.push(p.payload[0]);
-                    new.send_packet(&Packet::PubAck(Ack::success(p.packet_id))).await;
+                    new.send_packet(&Packet::PubAck(Ack::success(p.packet_id)))
+                        .await;
                 }
                 other => panic!("expected resent PUBLISH, got {other:?}"),
             }
@@ -145,9 +176,15 @@ async fn takeover_with_clean_start_discards_the_old_state() {
     assert!(!connack.session_present);
     old.until_closed().await;
     let (mut publisher, _) = Raw::connect(broker.addr, connect_packet(Version::V5, "p")).await;
-    publisher.send_packet(&publish("c", QoS::AtMostOnce, 0, b"x")).await;
+    publisher
+        .send_packet(&publish("c", QoS::AtMostOnce, 0, b"x"))
+        .await;
     new.send_packet(&Packet::PingReq).await;
-    assert_eq!(new.recv().await, Some(Packet::PingResp), "no subscription survived clean start");
+    assert_eq!(
+        new.recv().await,
+        Some(Packet::PingResp),
+        "no subscription survived clean start"
+    );
     broker.stop().await;
 }
 
@@ -188,17 +225,36 @@ async fn simultaneous_connects_leave_exactly_one_owner() {
             }
         }
         // A ping answered just before a takeover landed: confirm survivors are still open.
-        let mut alive = 0;
+        let mut alive = Vec::new();
         for mut client in survivors {
             client.send_packet(&Packet::PingReq).await;
             if client.recv().await == Some(Packet::PingResp) {
-                alive += 1;
+                alive.push(client);
             }
         }
-        assert_eq!(alive, 1, "round {round}: exactly one connection survives ({closed} closed)");
+        assert_eq!(
+            alive.len(),
+            1,
+            "round {round}: exactly one connection survives ({closed} closed)"
+        );
         let (connected, waiting) = broker.server().broker().registry.counts();
         assert_eq!(connected, 1, "round {round}: one connected session");
         assert_eq!(waiting, 0);
+        // End the round's session for good (expiry 0 at DISCONNECT), so the next round
+        // starts from an empty table.
+        let mut last = alive.pop().expect("survivor");
+        let mut bye = brokk::protocol::Disconnect::with_reason(0, None);
+        bye.session_expiry_interval = Some(0);
+        last.send_packet(&Packet::Disconnect(bye)).await;
+        last.until_closed().await;
+        let deadline = Instant::now() + WAIT;
+        while !broker.server().broker().registry.is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "session removed after DISCONNECT"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
     broker.stop().await;
 }
@@ -214,13 +270,27 @@ async fn keep_alive_expiry_closes_between_one_and_a_half_and_plus_one_second() {
         let started = Instant::now();
         let sent = raw.until_closed().await;
         let elapsed = started.elapsed();
-        assert!(elapsed >= Duration::from_millis(1450), "{version:?}: closed too early: {elapsed:?}");
-        assert!(elapsed <= Duration::from_millis(2500), "{version:?}: closed too late: {elapsed:?}");
+        assert!(
+            elapsed >= Duration::from_millis(1450),
+            "{version:?}: closed too early: {elapsed:?}"
+        );
+        assert!(
+            elapsed <= Duration::from_millis(2500),
+            "{version:?}: closed too late: {elapsed:?}"
+        );
         if version == Version::V5 {
             assert!(matches!(sent.last(), Some(Packet::Disconnect(d)) if d.reason_code == 0x8D));
         }
     }
-    assert_eq!(broker.wait_metric("brokk_connections_closed_total{reason=\"client_unresponsive\"}", 2.0).await, 2.0);
+    assert_eq!(
+        broker
+            .wait_metric(
+                "brokk_connections_closed_total{reason=\"client_unresponsive\"}",
+                2.0
+            )
+            .await,
+        2.0
+    );
     broker.stop().await;
 }
 
@@ -283,7 +353,15 @@ async fn silent_socket_is_closed_after_connect_timeout() {
     let started = Instant::now();
     assert!(raw.until_closed().await.is_empty());
     assert!(started.elapsed() >= Duration::from_millis(250));
-    assert_eq!(broker.wait_metric("brokk_connections_closed_total{reason=\"client_unresponsive\"}", 1.0).await, 1.0);
+    assert_eq!(
+        broker
+            .wait_metric(
+                "brokk_connections_closed_total{reason=\"client_unresponsive\"}",
+                1.0
+            )
+            .await,
+        1.0
+    );
     broker.stop().await;
 }
 
@@ -307,10 +385,21 @@ async fn oversize_packet_is_refused_from_its_fixed_header() {
     raw.send(&[0x30, 0xFF, 0xFF, 0xFF, 0x5F]).await;
     raw.send(&vec![b'x'; 1 << 20]).await;
     let sent = raw.until_closed().await;
-    assert!(matches!(sent.last(), Some(Packet::Disconnect(d)) if d.reason_code == 0x95), "got {sent:?}");
+    assert!(
+        matches!(sent.last(), Some(Packet::Disconnect(d)) if d.reason_code == 0x95),
+        "got {sent:?}"
+    );
     let grown = resident_kib().saturating_sub(before);
     assert!(grown < 32 * 1024, "resident memory grew by {grown} KiB");
-    assert_eq!(broker.wait_metric("brokk_connections_closed_total{reason=\"message_too_large\"}", 1.0).await, 1.0);
+    assert_eq!(
+        broker
+            .wait_metric(
+                "brokk_connections_closed_total{reason=\"message_too_large\"}",
+                1.0
+            )
+            .await,
+        1.0
+    );
     broker.stop().await;
 }
 
@@ -328,21 +417,27 @@ async fn stalled_subscriber_hits_the_queue_limit_and_loses_its_session_visibly()
         let (mut sub, _) = persistent(broker.addr, version, &id).await;
         subscribed(&mut sub, "flood", QoS::AtLeastOnce).await;
         // From here the subscriber never reads its socket.
-        let (mut publisher, _) = Raw::connect(broker.addr, connect_packet(Version::V5, "flooder")).await;
+        let (mut publisher, _) =
+            Raw::connect(broker.addr, connect_packet(Version::V5, "flooder")).await;
         let payload = vec![0u8; 4096];
         let closed = "brokk_connections_closed_total{reason=\"message_queue_limit_reached\"}";
         let target = broker.metric(closed).await + 1.0;
         let mut sent = 0;
         while broker.metric(closed).await < target {
             for _ in 0..200 {
-                publisher.send_packet(&publish("flood", QoS::AtMostOnce, 0, &payload)).await;
+                publisher
+                    .send_packet(&publish("flood", QoS::AtMostOnce, 0, &payload))
+                    .await;
             }
             sent += 200;
             assert!(sent < 200_000, "the queue limit never triggered");
         }
         drop(sub);
         let (_again, connack) = persistent(broker.addr, version, &id).await;
-        assert!(!connack.session_present, "{version:?}: the discarded session is not resumed");
+        assert!(
+            !connack.session_present,
+            "{version:?}: the discarded session is not resumed"
+        );
     }
     broker.stop().await;
 }
@@ -356,14 +451,21 @@ async fn queue_policy_keeps(policy: QueueFullPolicy) -> (Vec<u8>, f64) {
     .await;
     let (mut sub, _) = persistent(broker.addr, Version::V5, "offline").await;
     subscribed(&mut sub, "o", QoS::AtLeastOnce).await;
-    sub.send_packet(&Packet::Disconnect(brokk::protocol::Disconnect::with_reason(0, None))).await;
+    sub.send_packet(&Packet::Disconnect(
+        brokk::protocol::Disconnect::with_reason(0, None),
+    ))
+    .await;
     sub.until_closed().await;
     let (mut publisher, _) = Raw::connect(broker.addr, connect_packet(Version::V5, "p")).await;
     for i in 0..30u16 {
-        publisher.send_packet(&publish("o", QoS::AtLeastOnce, i + 1, &[i as u8])).await;
+        publisher
+            .send_packet(&publish("o", QoS::AtLeastOnce, i + 1, &[i as u8]))
+            .await;
         assert!(matches!(publisher.recv().await, Some(Packet::PubAck(_))));
     }
-    let dropped = broker.metric("brokk_messages_dropped_total{reason=\"queue_full\"}").await;
+    let dropped = broker
+        .metric("brokk_messages_dropped_total{reason=\"queue_full\"}")
+        .await;
     let (mut sub, connack) = persistent(broker.addr, Version::V5, "offline").await;
     assert!(connack.session_present);
     let mut got = Vec::new();
@@ -371,7 +473,8 @@ async fn queue_policy_keeps(policy: QueueFullPolicy) -> (Vec<u8>, f64) {
         match sub.recv().await {
             Some(Packet::Publish(p)) => {
                 got.push(p.payload[0]);
-                sub.send_packet(&Packet::PubAck(Ack::success(p.packet_id))).await;
+                sub.send_packet(&Packet::PubAck(Ack::success(p.packet_id)))
+                    .await;
             }
             other => panic!("expected queued message, got {other:?}"),
         }
@@ -405,10 +508,17 @@ async fn waiting_session_overflow_discards_it() {
     let (mut sub, _) = persistent(broker.addr, Version::V5, "w").await;
     subscribed(&mut sub, "w", QoS::AtLeastOnce).await;
     drop(sub);
-    broker.wait_metric("brokk_connections_closed_total{reason=\"connection_lost\"}", 1.0).await;
+    broker
+        .wait_metric(
+            "brokk_connections_closed_total{reason=\"connection_lost\"}",
+            1.0,
+        )
+        .await;
     let (mut publisher, _) = Raw::connect(broker.addr, connect_packet(Version::V5, "p")).await;
     for i in 0..6u16 {
-        publisher.send_packet(&publish("w", QoS::AtLeastOnce, i + 1, b"m")).await;
+        publisher
+            .send_packet(&publish("w", QoS::AtLeastOnce, i + 1, b"m"))
+            .await;
         assert!(matches!(publisher.recv().await, Some(Packet::PubAck(_))));
     }
     let (_sub, connack) = persistent(broker.addr, Version::V5, "w").await;

@@ -25,7 +25,10 @@ pub fn test_config() -> Config {
     config.listeners.clear();
     config.listeners.insert(
         "tcp".to_string(),
-        ListenerConfig { bind: "127.0.0.1:0".parse().expect("addr"), tls: None },
+        ListenerConfig {
+            bind: "127.0.0.1:0".parse().expect("addr"),
+            tls: None,
+        },
     );
     config.metrics.bind = "127.0.0.1:0".parse().expect("addr");
     config
@@ -41,7 +44,11 @@ pub async fn start_with(change: impl FnOnce(&mut Config)) -> TestBroker {
     let server = Server::start(config).await.expect("broker starts");
     let addr = server.local_addr("tcp").expect("tcp listener");
     let metrics = server.metrics_addr();
-    TestBroker { server: Some(server), addr, metrics }
+    TestBroker {
+        server: Some(server),
+        addr,
+        metrics,
+    }
 }
 
 impl TestBroker {
@@ -52,7 +59,9 @@ impl TestBroker {
     /// Shuts the broker down and asserts it finished.
     pub async fn stop(mut self) {
         let server = self.server.take().expect("running");
-        tokio::time::timeout(Duration::from_secs(15), server.shutdown()).await.expect("broker stops in time");
+        tokio::time::timeout(Duration::from_secs(15), server.shutdown())
+            .await
+            .expect("broker stops in time");
     }
 
     pub async fn metrics_text(&self) -> String {
@@ -63,7 +72,10 @@ impl TestBroker {
             .await
             .expect("request");
         let mut body = String::new();
-        tokio::time::timeout(WAIT, stream.read_to_string(&mut body)).await.expect("metrics in time").expect("read");
+        tokio::time::timeout(WAIT, stream.read_to_string(&mut body))
+            .await
+            .expect("metrics in time")
+            .expect("read");
         body
     }
 
@@ -89,10 +101,10 @@ impl TestBroker {
 impl Drop for TestBroker {
     fn drop(&mut self) {
         // A failing test still must not leave the broker serving: signal it to stop.
-        if let Some(server) = self.server.take() {
-            if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                handle.spawn(server.shutdown());
-            }
+        if let Some(server) = self.server.take()
+            && let Ok(handle) = tokio::runtime::Handle::try_current()
+        {
+            handle.spawn(server.shutdown());
         }
     }
 }
@@ -116,7 +128,11 @@ pub struct Raw {
 impl Raw {
     pub async fn open(addr: SocketAddr) -> Raw {
         let stream = TcpStream::connect(addr).await.expect("connect");
-        Raw { stream, buf: BytesMut::new(), version: Version::V5 }
+        Raw {
+            stream,
+            buf: BytesMut::new(),
+            version: Version::V5,
+        }
     }
 
     pub async fn send(&mut self, bytes: &[u8]) {
@@ -132,7 +148,9 @@ impl Raw {
 
     /// The next packet, or `None` once the broker closed the connection.
     pub async fn recv(&mut self) -> Option<Packet> {
-        tokio::time::timeout(WAIT, self.recv_inner()).await.expect("a packet or a close in time")
+        tokio::time::timeout(WAIT, self.recv_inner())
+            .await
+            .expect("a packet or a close in time")
     }
 
     async fn recv_inner(&mut self) -> Option<Packet> {
