@@ -411,12 +411,7 @@ where
             broker.end_session(old, &outbox);
             Box::new(Session::new(client_id.clone(), version))
         }
-        None => {
-            if let Some(outbox) = &attached.replaced_outbox {
-                outbox.close();
-            }
-            Box::new(Session::new(client_id.clone(), version))
-        }
+        None => Box::new(Session::new(client_id.clone(), version)),
     };
     if let Some(outbox) = &attached.replaced_outbox {
         outbox.close();
