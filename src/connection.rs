@@ -536,11 +536,24 @@ impl Connection {
         let sleep = tokio::time::sleep_until(self.deadline().unwrap_or(far).into());
         tokio::pin!(sleep);
         let mut shutdown = self.shutdown.clone();
+        // Graceful shutdown drains: the connection goes on until what was routed to it has
+        // been written and acknowledged, or until the drain deadline.
+        let mut draining = false;
+        let drain_deadline = tokio::time::sleep_until(far.into());
+        tokio::pin!(drain_deadline);
         loop {
             if self.outbox.is_overflowed() {
                 return CloseReason::MessageQueueLimitReached;
             }
             self.pump(&mut io.wbuf);
+            if draining
+                && io.wbuf.is_empty()
+                && self.local.is_empty()
+                && self.session.inflight_out.is_empty()
+                && self.outbox.is_empty()
+            {
+                return CloseReason::ServerShutdown;
+            }
             if io.rbuf.capacity() - io.rbuf.len() < 512 {
                 io.rbuf.reserve(2048);
             }
@@ -553,7 +566,12 @@ impl Connection {
                     Some(Control::Close(reason)) => return reason,
                     None => {}
                 },
-                _ = crate::server::stopped(&mut shutdown) => return CloseReason::ServerShutdown,
+                _ = crate::server::stopped(&mut shutdown), if !draining => {
+                    draining = true;
+                    let drain = self.broker.config.limits.shutdown_drain;
+                    drain_deadline.as_mut().reset((Instant::now() + drain).into());
+                }
+                _ = &mut drain_deadline, if draining => return CloseReason::ServerShutdown,
                 read = io.reader.read_buf(&mut io.rbuf), if io.rbuf.len() <= max => match read {
                     Ok(0) => return CloseReason::ConnectionLost,
                     Err(_) => return CloseReason::IoException,
@@ -1055,13 +1073,7 @@ impl Connection {
             CloseReason::ConnectionLost | CloseReason::IoException
         );
         if !peer_gone {
-            let deadline = if reason == CloseReason::ServerShutdown {
-                // Graceful shutdown: what was routed to this client before the stop goes out.
-                self.pump(&mut io.wbuf);
-                self.broker.config.limits.shutdown_drain
-            } else {
-                CLOSE_WRITE_TIMEOUT
-            };
+            let deadline = CLOSE_WRITE_TIMEOUT;
             if self.version == Version::V5
                 && let Some(code) = reason.disconnect_code()
             {

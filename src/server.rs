@@ -146,7 +146,6 @@ impl Server {
         for task in self.accept_tasks.drain(..) {
             let _ = task.await;
         }
-        self.broker.registry.signal_all(CloseReason::ServerShutdown);
         drop(self.drain_tx.take());
         let limit = self.broker.config.limits.shutdown_drain + Duration::from_secs(2);
         if tokio::time::timeout(limit, self.drained_rx.recv())
