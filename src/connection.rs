@@ -68,11 +68,11 @@ where
     let connect = tokio::select! {
         result = tokio::time::timeout(timeout, io.read_connect(&broker, max)) => match result {
             Ok(Ok(connect)) => connect,
-            Ok(Err(reason)) => return close_early(&broker, &ctx, io, reason, started).await,
-            Err(_) => return close_early(&broker, &ctx, io, CloseReason::ClientUnresponsive, started).await,
+            Ok(Err(reason)) => return close_unattached(io, ctx.peer, None, reason, started, None).await,
+            Err(_) => return close_unattached(io, ctx.peer, None, CloseReason::ClientUnresponsive, started, None).await,
         },
         _ = crate::server::stopped(&mut shutdown) => {
-            return close_early(&broker, &ctx, io, CloseReason::ServerShutdown, started).await;
+            return close_unattached(io, ctx.peer, None, CloseReason::ServerShutdown, started, None).await;
         }
     };
 
@@ -83,15 +83,9 @@ where
         }
         Err(refused) => {
             broker.stats_connect(refused.version, false);
-            let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, io.flush_all()).await;
-            let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, io.writer.shutdown()).await;
-            log_close(
-                refused.client_id.as_deref(),
-                ctx.peer,
-                CloseReason::Aborted,
-                started,
-                Some(&refused.why),
-            );
+            let client_id = refused.client_id.as_deref();
+            let why = Some(refused.why.as_str());
+            close_unattached(io, ctx.peer, client_id, CloseReason::Aborted, started, why).await;
         }
     }
 }
@@ -103,21 +97,22 @@ impl Broker {
     }
 }
 
-/// A close before any session exists (no CONNECT, bad CONNECT, timeout).
-async fn close_early<R, W>(
-    broker: &Broker,
-    ctx: &ConnectionContext,
+/// A close before any session exists (no CONNECT, a bad or refused CONNECT, a timeout):
+/// what is owed (a CONNACK refusal) is flushed briefly, then the close is logged and counted.
+async fn close_unattached<R, W>(
     mut io: Io<R, W>,
+    peer: SocketAddr,
+    client_id: Option<&str>,
     reason: CloseReason,
     started: Instant,
+    detail: Option<&str>,
 ) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, io.flush_all()).await;
     let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, io.writer.shutdown()).await;
-    let _ = broker;
-    log_close(None, ctx.peer, reason, started, None);
+    log_close(client_id, peer, reason, started, detail);
 }
 
 pub(crate) fn log_close(
@@ -156,10 +151,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Io<R, W> {
     ) -> Result<Box<Connect>, CloseReason> {
         loop {
             match protocol::decode(&mut self.rbuf, None, max) {
-                Ok(Some(Packet::Connect(connect))) => {
-                    broker.stats.bytes_received.increment(0);
-                    return Ok(connect);
-                }
+                Ok(Some(Packet::Connect(connect))) => return Ok(connect),
                 Ok(Some(_)) => {
                     return Err(CloseReason::InvalidInboundMessage(InvalidKind::Protocol));
                 }

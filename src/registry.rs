@@ -241,7 +241,8 @@ impl Registry {
         }
     }
 
-    /// Sends `control` to the connected owner of `client_id`; false if none.
+    /// Sends `control` to the connected owner of `client_id`; false if none. The entry point
+    /// for administrative closes (kick, revoke).
     pub fn signal(&self, client_id: &str, control: Control) -> bool {
         let Some(entry) = self.map.get(client_id) else {
             return false;
@@ -249,15 +250,6 @@ impl Registry {
         match &entry.state {
             State::Connected { control: tx } => tx.send(control).is_ok(),
             State::Disconnected { .. } => false,
-        }
-    }
-
-    /// Asks every connected owner to close with `reason` (shutdown).
-    pub fn signal_all(&self, reason: CloseReason) {
-        for entry in self.map.iter() {
-            if let State::Connected { control } = &entry.state {
-                let _ = control.send(Control::Close(reason));
-            }
         }
     }
 

@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use crate::message::Delivery;
-use crate::protocol::{QoS, Version, Will};
+use crate::protocol::{Version, Will};
 use crate::router::SubscriptionOptions;
 
 /// Where an outbound QoS 1/2 message stands.
@@ -81,16 +81,12 @@ impl Session {
             .iter()
             .position(|m| m.packet_id == packet_id)
     }
-
-    /// Highest QoS among the subscriptions (used by tests and diagnostics).
-    pub fn max_granted_qos(&self) -> Option<QoS> {
-        self.subscriptions.values().map(|o| o.qos).max()
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::QoS;
 
     #[test]
     fn packet_ids_wrap_and_skip_those_in_flight() {
