@@ -926,14 +926,19 @@ fn will_connect_v5(topic: &[u8]) -> Vec<u8> {
 }
 
 /// MQTT-4.7.0-1 / MQTT-3.1.3-11: the Will Topic is a topic name, so `a/#` is invalid. The
-/// CONNECT is not accepted and the connection closes (no session).
+/// CONNECT is refused with CONNACK 0x90 (a v5 client is told why) and the connection closes
+/// (no session).
 #[tokio::test]
-async fn will_topic_with_wildcard_is_not_accepted_mqtt_4_7_0_1() {
+async fn will_topic_with_wildcard_is_refused_with_0x90_mqtt_4_7_0_1() {
     let broker = start().await;
     for topic in [&b"a/#"[..], b"a/+"] {
         let mut raw = Raw::open(broker.addr).await;
         raw.send(&will_connect_v5(topic)).await;
-        expect_no_session(&mut raw).await;
+        let sent = timeout(raw.until_closed()).await;
+        assert!(
+            matches!(sent.as_slice(), [Packet::ConnAck(c)] if c.reason_code == 0x90),
+            "expected CONNACK 0x90, got {sent:?}"
+        );
     }
     assert_eq!(broker.server().broker().registry.counts(), (0, 0));
     still_serves(broker.addr).await;

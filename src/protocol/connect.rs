@@ -11,9 +11,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use super::framing::{
     Reader, check_len, frame_size, malformed, protocol, put_binary, put_header, put_string,
 };
-use super::validate::{
-    Ctx, Props, check_message_props, check_topic_name, message_props_len, put_message_props,
-};
+use super::validate::{Ctx, Props, check_message_props, message_props_len, put_message_props};
 use super::{Connect, DecodeError, EncodeError, QoS, Version, Will};
 
 pub(crate) fn decode(mut r: Reader, version: Version) -> Result<Connect, DecodeError> {
@@ -53,11 +51,10 @@ pub(crate) fn decode(mut r: Reader, version: Version) -> Result<Connect, DecodeE
             Version::V5 => Props::read(&mut r, Ctx::Will)?,
             Version::V311 => Props::default(),
         };
+        // Well-formed UTF-8 without U+0000 is checked here (Malformed); whether it is a
+        // usable topic name (non-empty, no wildcards) is left to the broker, which can then
+        // tell a v5 client why with CONNACK 0x90 instead of just closing.
         let topic = r.string()?;
-        if topic.is_empty() {
-            return Err(DecodeError::TopicNameInvalid("empty will topic".into()));
-        }
-        check_topic_name(&topic)?;
         let payload = r.binary()?;
         Some(Will {
             topic,
