@@ -907,8 +907,7 @@ impl Connection {
         for entry in inflight {
             match entry.state {
                 OutboundState::AwaitingPubAck | OutboundState::AwaitingPubRec => {
-                    let publish =
-                        self.outbound_publish(&entry.delivery, entry.packet_id, true, false);
+                    let publish = self.outbound_publish(&entry.delivery, entry.packet_id, true);
                     let _ = self.send(&Packet::Publish(publish), wbuf);
                 }
                 OutboundState::AwaitingPubComp => {
@@ -967,13 +966,8 @@ impl Connection {
         }
     }
 
-    fn outbound_publish(
-        &mut self,
-        delivery: &Delivery,
-        packet_id: u16,
-        dup: bool,
-        use_alias: bool,
-    ) -> Publish {
+    /// The PUBLISH for `delivery`, without a topic alias.
+    fn outbound_publish(&self, delivery: &Delivery, packet_id: u16, dup: bool) -> Publish {
         let message = &delivery.message;
         let mut publish = Publish {
             dup,
@@ -990,19 +984,24 @@ impl Connection {
             publish.subscription_identifiers = delivery.subscription_identifiers.clone();
             publish.properties = message.properties.clone();
             publish.properties.message_expiry_interval = message.remaining_expiry(Instant::now());
-            if use_alias && self.client_topic_alias_maximum > 0 {
-                if let Some(alias) = self.outbound_aliases.get(&message.topic) {
-                    publish.topic_alias = Some(*alias);
-                    publish.topic.clear();
-                } else if self.outbound_aliases.len() < usize::from(self.client_topic_alias_maximum)
-                {
-                    let alias = self.outbound_aliases.len() as u16 + 1;
-                    self.outbound_aliases.insert(message.topic.clone(), alias);
-                    publish.topic_alias = Some(alias);
-                }
-            }
         }
         publish
+    }
+
+    /// Replaces the topic by an alias when the client accepts them (v5 §3.3.2.3.4): a known
+    /// topic goes as alias alone; a new one gets the next free alias while any is left.
+    fn apply_topic_alias(&mut self, topic: &Arc<str>, publish: &mut Publish) {
+        if self.version != Version::V5 || self.client_topic_alias_maximum == 0 {
+            return;
+        }
+        if let Some(alias) = self.outbound_aliases.get(topic) {
+            publish.topic_alias = Some(*alias);
+            publish.topic.clear();
+        } else if self.outbound_aliases.len() < usize::from(self.client_topic_alias_maximum) {
+            let alias = self.outbound_aliases.len() as u16 + 1;
+            self.outbound_aliases.insert(topic.clone(), alias);
+            publish.topic_alias = Some(alias);
+        }
     }
 
     fn deliver(&mut self, delivery: Delivery, wbuf: &mut BytesMut) {
@@ -1020,24 +1019,22 @@ impl Connection {
                 None => return,
             }
         };
-        // The client's Maximum Packet Size (MQTT-3.1.2-24): measured without an alias, the
-        // largest form we might send.
-        let mut publish = self.outbound_publish(&delivery, packet_id, false, false);
+        let mut publish = self.outbound_publish(&delivery, packet_id, false);
+        // The client's Maximum Packet Size (MQTT-3.1.2-24), measured without an alias: the
+        // largest form this message could take.
         if let Some(limit) = self.client_maximum_packet_size {
-            let size = protocol::encoded_len(&Packet::Publish(publish.clone()), self.version)
-                .unwrap_or(usize::MAX);
+            let size = protocol::publish_len(&publish, self.version).unwrap_or(usize::MAX);
             if size > limit as usize {
                 stats.dropped_too_large.increment(1);
                 return;
             }
         }
-        if self.version == Version::V5 && self.client_topic_alias_maximum > 0 {
-            publish = self.outbound_publish(&delivery, packet_id, false, true);
-        }
-        let qos = delivery.qos;
-        if self.send(&Packet::Publish(publish), wbuf).is_err() {
+        self.apply_topic_alias(&delivery.message.topic, &mut publish);
+        if let Err(error) = protocol::encode_publish(&publish, self.version, wbuf) {
+            tracing::error!(client_id = %self.client_id, %error, "PUBLISH could not be encoded");
             return;
         }
+        let qos = delivery.qos;
         stats.sent[qos as usize].increment(1);
         if qos != QoS::AtMostOnce {
             let state = if qos == QoS::AtLeastOnce {

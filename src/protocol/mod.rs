@@ -130,6 +130,20 @@ pub fn encode(packet: &Packet, version: Version, out: &mut BytesMut) -> Result<(
 
 /// The encoded size of `packet` (whole packet), used to honour a client's Maximum Packet Size.
 /// Computed arithmetically (PUBLISH allocates nothing).
+/// [`encode`] for a PUBLISH without wrapping it in a [`Packet`]: the outbound hot path.
+pub fn encode_publish(
+    publish: &Publish,
+    version: Version,
+    out: &mut BytesMut,
+) -> Result<(), EncodeError> {
+    publish::encode(publish, version, out)
+}
+
+/// [`encoded_len`] for a PUBLISH, computed arithmetically.
+pub fn publish_len(publish: &Publish, version: Version) -> Result<usize, EncodeError> {
+    publish::encoded_len(publish, version)
+}
+
 pub fn encoded_len(packet: &Packet, version: Version) -> Result<usize, EncodeError> {
     match version {
         Version::V311 => v4::packet_len(packet),
