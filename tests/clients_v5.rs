@@ -436,3 +436,92 @@ async fn topic_alias_from_client_is_resolved() {
     );
     broker.stop().await;
 }
+
+fn raw_subscribe(filter: &str) -> brokk::protocol::Packet {
+    brokk::protocol::Packet::Subscribe(brokk::protocol::Subscribe {
+        packet_id: 1,
+        filters: vec![brokk::protocol::SubscriptionRequest {
+            filter: filter.into(),
+            qos: brokk::protocol::QoS::AtMostOnce,
+            no_local: false,
+            retain_as_published: false,
+            retain_handling: brokk::protocol::RetainHandling::SendAtSubscribe,
+        }],
+        subscription_identifier: None,
+        user_properties: vec![],
+    })
+}
+
+/// Outbound topic aliases: a client that accepts them gets the topic once, then the alias.
+#[tokio::test]
+async fn topic_alias_towards_the_client() {
+    let broker = start().await;
+    let mut connect = connect_packet(brokk::protocol::Version::V5, "alias-in");
+    connect.topic_alias_maximum = Some(1);
+    let (mut sub, _) = Raw::connect(broker.addr, connect).await;
+    sub.send_packet(&raw_subscribe("al/#")).await;
+    assert!(matches!(
+        sub.recv().await,
+        Some(brokk::protocol::Packet::SubAck(_))
+    ));
+    let publisher = client(&broker, "pub").await;
+    for topic in ["al/a", "al/a", "al/b"] {
+        publisher
+            .client
+            .publish(topic, QoS::AtMostOnce, false, "x")
+            .await
+            .expect("publish");
+    }
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        if let Some(brokk::protocol::Packet::Publish(p)) = sub.recv().await {
+            seen.push((p.topic, p.topic_alias));
+        }
+    }
+    assert_eq!(
+        seen,
+        vec![
+            ("al/a".to_string(), Some(1)),
+            (String::new(), Some(1)),
+            ("al/b".to_string(), None), // the one alias the client allows is taken
+        ]
+    );
+    broker.stop().await;
+}
+
+/// MQTT-3.1.2-24: a message larger than the client's Maximum Packet Size is not sent to it,
+/// and the drop is counted.
+#[tokio::test]
+async fn client_maximum_packet_size_is_honoured_and_counted() {
+    let broker = start().await;
+    let mut connect = connect_packet(brokk::protocol::Version::V5, "small");
+    connect.maximum_packet_size = Some(64);
+    let (mut sub, _) = Raw::connect(broker.addr, connect).await;
+    sub.send_packet(&raw_subscribe("m")).await;
+    assert!(matches!(
+        sub.recv().await,
+        Some(brokk::protocol::Packet::SubAck(_))
+    ));
+    let publisher = client(&broker, "pub").await;
+    publisher
+        .client
+        .publish("m", QoS::AtMostOnce, false, vec![0u8; 200])
+        .await
+        .expect("publish");
+    publisher
+        .client
+        .publish("m", QoS::AtMostOnce, false, "small")
+        .await
+        .expect("publish");
+    match sub.recv().await {
+        Some(brokk::protocol::Packet::Publish(p)) => assert_eq!(&p.payload[..], b"small"),
+        other => panic!("expected the small message only, got {other:?}"),
+    }
+    assert_eq!(
+        broker
+            .metric("brokk_messages_dropped_total{reason=\"too_large_for_client\"}")
+            .await,
+        1.0
+    );
+    broker.stop().await;
+}
