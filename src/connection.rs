@@ -465,6 +465,7 @@ where
         outbound_aliases: HashMap::new(),
         local: VecDeque::new(),
         batch: Vec::new(),
+        received: [0; 3],
         will_on_close: false,
         takeover_reply: None,
         scratch: Vec::new(),
@@ -502,6 +503,8 @@ struct Connection {
     local: VecDeque<Delivery>,
     /// Inbound publishes of the current read, routed together.
     batch: Vec<Arc<Message>>,
+    /// Inbound publishes of the current read by QoS, counted together.
+    received: [u64; 3],
     /// A v5 DISCONNECT with 0x04 asked for the will.
     will_on_close: bool,
     takeover_reply: Option<oneshot::Sender<Option<Box<Session>>>>,
@@ -623,6 +626,17 @@ impl Connection {
             }
         }
         // Publishes accepted before a bad packet are still routed: their acks may be out.
+        for (counter, n) in self
+            .broker
+            .stats
+            .received
+            .iter()
+            .zip(std::mem::take(&mut self.received))
+        {
+            if n > 0 {
+                counter.increment(n);
+            }
+        }
         if !self.batch.is_empty() {
             self.broker.publish_batch(&self.batch, &self.client_id);
             self.batch.clear();
@@ -736,7 +750,7 @@ impl Connection {
         if router::validate_topic_name(&topic).is_err() {
             return Err(CloseReason::InvalidInboundMessage(InvalidKind::TopicName));
         }
-        self.broker.stats.received[publish.qos as usize].increment(1);
+        self.received[publish.qos as usize] += 1;
         let duplicate = match publish.qos {
             QoS::ExactlyOnce => {
                 if self.session.inbound_qos2.contains(&publish.packet_id) {
@@ -928,41 +942,46 @@ impl Connection {
     }
 
     /// Moves deliveries from the local list and the outbox into `wbuf`, within the in-flight
-    /// window and the write high-water mark.
+    /// window and the write high-water mark. Counts what it sent once per batch, not per
+    /// message.
     fn pump(&mut self, wbuf: &mut BytesMut) {
+        let mut sent = [0u64; 3];
         while wbuf.len() < WRITE_HIGH_WATER {
-            let budget = self
+            let mut budget = self
                 .inflight_limit()
                 .saturating_sub(self.session.inflight_out.len());
             let mut batch = std::mem::take(&mut self.scratch);
             while batch.len() < DRAIN_BATCH {
-                match self.local.front() {
-                    Some(front)
-                        if front.qos == QoS::AtMostOnce
-                            || budget
-                                > batch.iter().filter(|d| d.qos != QoS::AtMostOnce).count() =>
-                    {
-                        if let Some(d) = self.local.pop_front() {
-                            batch.push(d);
-                        }
+                let Some(front) = self.local.front() else {
+                    break;
+                };
+                if front.qos != QoS::AtMostOnce {
+                    if budget == 0 {
+                        break;
                     }
-                    _ => break,
+                    budget -= 1;
                 }
+                batch.extend(self.local.pop_front());
             }
             if self.local.is_empty() {
-                let used = batch.iter().filter(|d| d.qos != QoS::AtMostOnce).count();
-                let room = DRAIN_BATCH - batch.len();
                 self.outbox
-                    .drain(room, budget.saturating_sub(used), &mut batch);
+                    .drain(DRAIN_BATCH - batch.len(), budget, &mut batch);
             }
-            if batch.is_empty() {
-                self.scratch = batch;
-                return;
-            }
+            let empty = batch.is_empty();
             for delivery in batch.drain(..) {
-                self.deliver(delivery, wbuf);
+                if let Some(qos) = self.deliver(delivery, wbuf) {
+                    sent[qos as usize] += 1;
+                }
             }
             self.scratch = batch;
+            if empty {
+                break;
+            }
+        }
+        for (counter, n) in self.broker.stats.sent.iter().zip(sent) {
+            if n > 0 {
+                counter.increment(n);
+            }
         }
     }
 
@@ -1004,20 +1023,18 @@ impl Connection {
         }
     }
 
-    fn deliver(&mut self, delivery: Delivery, wbuf: &mut BytesMut) {
+    /// Encodes one delivery into `wbuf`; the QoS it went at, or `None` if it was dropped.
+    fn deliver(&mut self, delivery: Delivery, wbuf: &mut BytesMut) -> Option<QoS> {
         let broker = self.broker.clone();
         let stats = &broker.stats;
         if delivery.message.is_expired(Instant::now()) {
             stats.dropped_expired.increment(1);
-            return;
+            return None;
         }
         let packet_id = if delivery.qos == QoS::AtMostOnce {
             0
         } else {
-            match self.session.allocate_packet_id() {
-                Some(id) => id,
-                None => return,
-            }
+            self.session.allocate_packet_id()?
         };
         let mut publish = self.outbound_publish(&delivery, packet_id, false);
         // The client's Maximum Packet Size (MQTT-3.1.2-24), measured without an alias: the
@@ -1026,16 +1043,15 @@ impl Connection {
             let size = protocol::publish_len(&publish, self.version).unwrap_or(usize::MAX);
             if size > limit as usize {
                 stats.dropped_too_large.increment(1);
-                return;
+                return None;
             }
         }
         self.apply_topic_alias(&delivery.message.topic, &mut publish);
         if let Err(error) = protocol::encode_publish(&publish, self.version, wbuf) {
             tracing::error!(client_id = %self.client_id, %error, "PUBLISH could not be encoded");
-            return;
+            return None;
         }
         let qos = delivery.qos;
-        stats.sent[qos as usize].increment(1);
         if qos != QoS::AtMostOnce {
             let state = if qos == QoS::AtLeastOnce {
                 OutboundState::AwaitingPubAck
@@ -1048,6 +1064,7 @@ impl Connection {
                 state,
             });
         }
+        Some(qos)
     }
 
     /// Ends the connection: tell a v5 client why, flush what is owed within the deadline,
