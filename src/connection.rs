@@ -126,6 +126,16 @@ pub(crate) fn log_close(
     let duration_ms = started.elapsed().as_millis() as u64;
     let client_id = client_id.unwrap_or("-");
     match reason {
+        // A socket that closes before any CONNECT is a port probe (health checks, load
+        // balancers): counted like every close, logged only at debug level.
+        CloseReason::ConnectionLost if client_id == "-" => tracing::debug!(
+            client_id,
+            %peer,
+            reason = reason.label(),
+            duration_ms,
+            detail,
+            "connection closed"
+        ),
         CloseReason::InternalError | CloseReason::IoException => {
             tracing::warn!(client_id, %peer, reason = reason.label(), duration_ms, detail, "connection closed")
         }
