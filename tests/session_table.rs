@@ -525,3 +525,41 @@ async fn waiting_session_overflow_discards_it() {
     assert!(!connack.session_present);
     broker.stop().await;
 }
+
+/// The client's Receive Maximum bounds what brokk keeps in flight towards it (MQTT-3.3.4-9):
+/// more goes only as acknowledgements come back.
+#[tokio::test]
+async fn outbound_in_flight_window_follows_the_client_receive_maximum() {
+    let broker = start().await;
+    let mut connect = connect_packet(Version::V5, "window");
+    connect.receive_maximum = Some(2);
+    let (mut sub, _) = Raw::connect(broker.addr, connect).await;
+    subscribed(&mut sub, "win", QoS::AtLeastOnce).await;
+    let (mut publisher, _) = Raw::connect(broker.addr, connect_packet(Version::V5, "p")).await;
+    for i in 1..=5u16 {
+        publisher
+            .send_packet(&publish("win", QoS::AtLeastOnce, i, &[i as u8]))
+            .await;
+        assert!(matches!(publisher.recv().await, Some(Packet::PubAck(_))));
+    }
+    let mut first = Vec::new();
+    for _ in 0..2 {
+        match sub.recv().await {
+            Some(Packet::Publish(p)) => first.push(p),
+            other => panic!("expected PUBLISH, got {other:?}"),
+        }
+    }
+    sub.send_packet(&Packet::PingReq).await;
+    assert_eq!(
+        sub.recv().await,
+        Some(Packet::PingResp),
+        "no third PUBLISH before an ack"
+    );
+    sub.send_packet(&Packet::PubAck(Ack::success(first[0].packet_id)))
+        .await;
+    match sub.recv().await {
+        Some(Packet::Publish(p)) => assert_eq!(&p.payload[..], &[3]),
+        other => panic!("expected the third message after one ack, got {other:?}"),
+    }
+    broker.stop().await;
+}

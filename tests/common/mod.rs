@@ -31,6 +31,8 @@ pub fn test_config() -> Config {
         },
     );
     config.metrics.bind = "127.0.0.1:0".parse().expect("addr");
+    // Tests that leave messages unacknowledged need not wait the production drain.
+    config.limits.shutdown_drain = std::time::Duration::from_secs(1);
     config
 }
 
