@@ -138,14 +138,20 @@ fn passwd(delete: bool, file: &std::path::Path, user: &str) -> ExitCode {
         };
     }
     let stdin = std::io::stdin();
-    if stdin.is_terminal() {
-        eprint!("Password for {user}: ");
-    }
-    let mut password = String::new();
-    if let Err(error) = stdin.lock().read_line(&mut password) {
-        eprintln!("brokk passwd: cannot read the password: {error}");
-        return ExitCode::FAILURE;
-    }
+    // At a terminal the password is typed without echo; otherwise it is one line of stdin.
+    let password = if stdin.is_terminal() {
+        rpassword::prompt_password(format!("Password for {user}: "))
+    } else {
+        let mut line = String::new();
+        stdin.lock().read_line(&mut line).map(|_| line)
+    };
+    let password = match password {
+        Ok(password) => password,
+        Err(error) => {
+            eprintln!("brokk passwd: cannot read the password: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     let password = password.trim_end_matches(['\n', '\r']);
     if password.is_empty() {
         eprintln!("brokk passwd: empty password");

@@ -390,3 +390,46 @@ fn check_config_names_the_bad_key_and_exits_2() {
         "the built-in configuration is valid"
     );
 }
+
+#[test]
+fn passwd_adds_updates_and_deletes_users() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("passwd");
+    let set = |user: &str, password: &str| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_brokk"))
+            .arg("passwd")
+            .arg(&file)
+            .arg(user)
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("run");
+        let mut stdin = child.stdin.take().expect("stdin");
+        writeln!(stdin, "{password}").expect("write");
+        drop(stdin);
+        assert!(child.wait().expect("wait").success());
+    };
+    set("alice", "one");
+    set("bob", "two");
+    set("alice", "three");
+    let text = std::fs::read_to_string(&file).expect("read");
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("alice:")).count(),
+        1,
+        "updated in place"
+    );
+    assert!(
+        text.contains("bob:$argon2id$"),
+        "salted argon2id hashes, not the password"
+    );
+    assert!(!text.contains("three"));
+    let status = Command::new(env!("CARGO_BIN_EXE_brokk"))
+        .args(["passwd", "--delete"])
+        .arg(&file)
+        .arg("alice")
+        .status()
+        .expect("run");
+    assert!(status.success());
+    let text = std::fs::read_to_string(&file).expect("read");
+    assert!(!text.contains("alice:") && text.contains("bob:"));
+}
