@@ -537,6 +537,13 @@ impl Connection {
         W: AsyncWrite + Unpin,
     {
         let max = self.broker.config.limits.max_packet_size as usize;
+        // Packets that came in the same read as the CONNECT are handled before waiting for
+        // more bytes (a client may pipeline SUBSCRIBE or PUBLISH right behind its CONNECT).
+        if !io.rbuf.is_empty()
+            && let Err(reason) = self.handle_input(&mut io.rbuf, &mut io.wbuf, max)
+        {
+            return reason;
+        }
         let far = Instant::now() + Duration::from_secs(86_400 * 365);
         let sleep = tokio::time::sleep_until(self.deadline().unwrap_or(far).into());
         tokio::pin!(sleep);
@@ -1093,7 +1100,17 @@ impl Connection {
             if self.version == Version::V5
                 && let Some(code) = reason.disconnect_code()
             {
-                let disconnect = Disconnect::with_reason(code, Some(reason.label().to_string()));
+                let mut disconnect =
+                    Disconnect::with_reason(code, Some(reason.label().to_string()));
+                // MQTT-3.14.2-3: no Reason String if it would take the packet past the
+                // client's Maximum Packet Size.
+                if let Some(limit) = self.client_maximum_packet_size {
+                    let packet = Packet::Disconnect(disconnect.clone());
+                    let size = protocol::encoded_len(&packet, self.version).unwrap_or(usize::MAX);
+                    if size > limit as usize {
+                        disconnect.reason_string = None;
+                    }
+                }
                 let _ = self.send(&Packet::Disconnect(disconnect), &mut io.wbuf);
             }
             let _ = tokio::time::timeout(deadline, io.flush_all()).await;

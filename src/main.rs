@@ -69,6 +69,9 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> ExitCode {
+    // Signal handlers first: a SIGTERM that arrives while the listeners open still means a
+    // graceful stop, not the default kill.
+    let signal = shutdown_signal();
     let server = match Server::start(config).await {
         Ok(server) => server,
         Err(error) => {
@@ -80,31 +83,41 @@ async fn run(config: Config) -> ExitCode {
     if let Some(addr) = server.metrics_addr() {
         tracing::info!(%addr, "metrics at /metrics");
     }
-    wait_for_signal().await;
+    signal.await;
     tracing::info!("shutting down");
     server.shutdown().await;
     tracing::info!("stopped");
     ExitCode::SUCCESS
 }
 
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
+/// Registers SIGTERM and SIGINT now (not at first poll); the returned future resolves on
+/// the first of them.
+#[cfg(unix)]
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate());
+    let interrupt = signal(SignalKind::interrupt());
+    async move {
+        match (term, interrupt) {
+            (Ok(mut term), Ok(mut interrupt)) => {
                 tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {},
                     _ = term.recv() => {},
+                    _ = interrupt.recv() => {},
                 }
             }
-            Err(_) => {
+            (Ok(mut one), Err(_)) | (Err(_), Ok(mut one)) => {
+                one.recv().await;
+            }
+            (Err(_), Err(_)) => {
                 let _ = tokio::signal::ctrl_c().await;
             }
         }
     }
-    #[cfg(not(unix))]
-    {
+}
+
+#[cfg(not(unix))]
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    async {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
