@@ -277,8 +277,6 @@ def test_mqtt_3_2_0_1_connack_first(port):
     assert c.recv().type == PUBLISH
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: packets pipelined in the same read as CONNECT are left "
-                   "in the read buffer and only handled when more bytes arrive")
 def test_mqtt_3_8_4_1_subscribe_pipelined_after_connect(port):
     """MQTT-3.8.4-1 (also MQTT-3.12.4-1): CONNECT+SUBSCRIBE+PINGREQ written at once (a client need not
     wait for CONNACK): the server must answer SUBACK and PINGRESP without further input."""

@@ -298,8 +298,6 @@ def test_mqtt_3_1_4_3_takeover(port):
     assert b.is_open()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: packets pipelined in the same read as CONNECT are left "
-                   "in the read buffer and only handled when more bytes arrive")
 def test_mqtt_3_8_4_1_subscribe_pipelined_after_connect(port):
     """MQTT-3.8.4-1 (also MQTT-3.12.4-1): CONNECT+SUBSCRIBE+PINGREQ in one write: SUBACK and PINGRESP
     must follow CONNACK without further input from the client."""
@@ -781,8 +779,6 @@ def test_mqtt_3_14_2_3_small_max_packet_size_acks(port):
         assert a.prop(m.REASON_STRING) is None and a.prop(m.USER_PROPERTY) is None, a
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: server DISCONNECT keeps its Reason String even when it "
-                   "makes the packet larger than the client's Maximum Packet Size")
 def test_mqtt_3_14_2_3_disconnect_respects_max_packet_size(port):
     """MQTT-3.14.2-3, MQTT-3.14.2-4: keep-alive DISCONNECT to a client with Maximum Packet Size 4 must not
     carry a Reason String that makes it larger than 4 bytes."""

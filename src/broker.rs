@@ -184,6 +184,22 @@ impl Broker {
     /// still waiting for its delay fires now (the session ending comes first, MQTT 5.0
     /// §3.1.3.2.2).
     pub fn end_session(&self, mut session: Box<Session>, outbox: &Outbox) {
+        self.remove_subscriptions(&session);
+        outbox.close();
+        if let Some(will) = session.will.take() {
+            self.publish_will(will, &session.client_id);
+        }
+    }
+
+    /// A session ended while a new connection already owns its table entry (and so its
+    /// outbox): the subscriptions go and the queue is emptied, but the outbox stays open for
+    /// the new owner, who starts a fresh session on it.
+    pub fn end_session_in_place(&self, session: &Session, outbox: &Outbox) {
+        self.remove_subscriptions(session);
+        outbox.clear();
+    }
+
+    fn remove_subscriptions(&self, session: &Session) {
         if !session.subscriptions.is_empty() {
             let mut table = self.subscriptions_mut();
             table.remove_client(
@@ -191,10 +207,6 @@ impl Broker {
                 session.subscriptions.keys().map(String::as_str),
             );
             self.stats.subscriptions.set(table.len() as f64);
-        }
-        outbox.close();
-        if let Some(will) = session.will.take() {
-            self.publish_will(will, &session.client_id);
         }
     }
 

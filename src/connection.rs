@@ -573,6 +573,19 @@ impl Connection {
                 control = self.control_rx.recv() => match control {
                     Some(Control::TakeOver { reply }) => {
                         self.takeover_reply = Some(reply);
+                        // Input that reached the socket before the takeover still counts: a
+                        // client that sent DISCONNECT and reconnected at once ends its
+                        // session on its own terms (a clean session is not handed over).
+                        if let Ok(Ok(n)) = tokio::time::timeout(
+                            Duration::ZERO,
+                            io.reader.read_buf(&mut io.rbuf),
+                        )
+                        .await
+                            && n > 0
+                            && let Err(reason) = self.handle_input(&mut io.rbuf, &mut io.wbuf, max)
+                        {
+                            return reason;
+                        }
                         return CloseReason::SessionTakenOver;
                     }
                     Some(Control::Close(reason)) => return reason,
@@ -1141,7 +1154,13 @@ impl Connection {
             Box::new(Session::new(self.client_id.clone(), self.version)),
         );
         if let Some(reply) = self.takeover_reply.take() {
-            let _ = reply.send(Some(session));
+            let handover = if reason == CloseReason::SessionTakenOver || survives {
+                Some(session)
+            } else {
+                self.broker.end_session_in_place(&session, &self.outbox);
+                None
+            };
+            let _ = reply.send(handover);
         } else {
             match self
                 .broker
@@ -1169,8 +1188,17 @@ impl Connection {
                         None
                     })
                     .await;
+                    // This connection ended for a reason of its own, just as the new
+                    // one arrived: the session goes over only if it would have survived
+                    // (a clean session ends here, so the new owner sees Session Present 0).
+                    let handover = if survives {
+                        Some(session)
+                    } else {
+                        self.broker.end_session_in_place(&session, &self.outbox);
+                        None
+                    };
                     if let Ok(Some(reply)) = reply {
-                        let _ = reply.send(Some(session));
+                        let _ = reply.send(handover);
                     }
                 }
             }

@@ -182,6 +182,17 @@ impl Outbox {
         dropped
     }
 
+    /// Discards what is queued; the outbox stays usable.
+    pub fn clear(&self) -> usize {
+        let mut state = self.lock();
+        let n = state.queue.len();
+        state.queue.clear();
+        if n > 0 {
+            self.queued.decrement(n as f64);
+        }
+        n
+    }
+
     /// Closes the outbox for good: later offers are refused. Returns how many were queued.
     pub fn close(&self) -> usize {
         let mut state = self.lock();
