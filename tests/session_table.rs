@@ -563,3 +563,28 @@ async fn outbound_in_flight_window_follows_the_client_receive_maximum() {
     }
     broker.stop().await;
 }
+
+/// Packets written in the same segment as the CONNECT are answered without further input
+/// (MQTT-3.8.4-1, MQTT-3.12.4-1; a client need not wait for CONNACK).
+#[tokio::test]
+async fn packets_pipelined_behind_connect_are_answered() {
+    let broker = start().await;
+    for version in [Version::V311, Version::V5] {
+        let mut raw = Raw::open(broker.addr).await;
+        raw.version = version;
+        let mut bytes = bytes::BytesMut::new();
+        let connect = Packet::Connect(Box::new(connect_packet(version, "pipelined")));
+        for packet in [
+            connect,
+            subscribe(1, "pipe", QoS::AtMostOnce),
+            Packet::PingReq,
+        ] {
+            brokk::protocol::encode(&packet, version, &mut bytes).expect("encode");
+        }
+        raw.send(&bytes).await;
+        assert!(matches!(raw.recv().await, Some(Packet::ConnAck(_))));
+        assert!(matches!(raw.recv().await, Some(Packet::SubAck(_))));
+        assert_eq!(raw.recv().await, Some(Packet::PingResp));
+    }
+    broker.stop().await;
+}
