@@ -242,7 +242,8 @@ impl Broker {
         let will_delay = will_delay
             .map(|d| Duration::from_secs(u64::from(d)))
             .filter(|d| *d < expiry);
-        tokio::spawn(async move {
+        let registered = client_id.clone();
+        let timer = tokio::spawn(async move {
             let start = tokio::time::Instant::now();
             if let Some(delay) = will_delay {
                 tokio::time::sleep_until(start + delay).await;
@@ -264,5 +265,7 @@ impl Broker {
                 broker.end_session(session, &outbox);
             }
         });
+        self.registry
+            .set_timer(&registered, generation, timer.abort_handle());
     }
 }

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry as MapEntry;
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::AbortHandle;
 
 use crate::close::CloseReason;
 use crate::outbox::Outbox;
@@ -32,8 +33,16 @@ pub type ControlSender = mpsc::UnboundedSender<Control>;
 
 #[derive(Debug)]
 enum State {
-    Connected { control: ControlSender },
-    Disconnected { session: Box<Session> },
+    Connected {
+        control: ControlSender,
+    },
+    Disconnected {
+        session: Box<Session>,
+        /// The task that fires a delayed will and ends the session at its expiry; aborted
+        /// when the client comes back or the session ends otherwise, so a client that
+        /// reconnects often does not pile up sleeping tasks.
+        timer: Option<AbortHandle>,
+    },
 }
 
 #[derive(Debug)]
@@ -136,7 +145,10 @@ impl Registry {
                 let old = std::mem::replace(&mut entry.state, State::Connected { control });
                 let previous = match old {
                     State::Connected { control } => Previous::Connected(control),
-                    State::Disconnected { session } => {
+                    State::Disconnected { session, timer } => {
+                        if let Some(timer) = timer {
+                            timer.abort();
+                        }
                         self.disconnected.decrement(1.0);
                         self.connected.increment(1.0);
                         Previous::Waiting(session)
@@ -166,7 +178,10 @@ impl Registry {
                 && entry.generation == generation
             {
                 entry.outbox.set_connected(false);
-                entry.state = State::Disconnected { session };
+                entry.state = State::Disconnected {
+                    session,
+                    timer: None,
+                };
                 self.connected.decrement(1.0);
                 self.disconnected.increment(1.0);
                 return Detached::Kept;
@@ -193,7 +208,7 @@ impl Registry {
         })?;
         self.disconnected.decrement(1.0);
         match entry.state {
-            State::Disconnected { session } => Some((session, entry.outbox)),
+            State::Disconnected { session, .. } => Some((session, entry.outbox)),
             State::Connected { .. } => None,
         }
     }
@@ -210,7 +225,12 @@ impl Registry {
         })?;
         self.disconnected.decrement(1.0);
         match entry.state {
-            State::Disconnected { session } => Some(session),
+            State::Disconnected { session, timer } => {
+                if let Some(timer) = timer {
+                    timer.abort();
+                }
+                Some(session)
+            }
             State::Connected { .. } => None,
         }
     }
@@ -236,9 +256,22 @@ impl Registry {
             return None;
         }
         match &mut entry.state {
-            State::Disconnected { session } => Some(session.will.take()),
+            State::Disconnected { session, .. } => Some(session.will.take()),
             State::Connected { .. } => None,
         }
+    }
+
+    /// Hands the waiting session left at `generation` its timer task. If the client came
+    /// back in the meantime, the timer is no longer needed and is aborted at once.
+    pub fn set_timer(&self, client_id: &str, generation: u64, handle: AbortHandle) {
+        if let Some(mut entry) = self.map.get_mut(client_id)
+            && entry.generation == generation
+            && let State::Disconnected { timer, .. } = &mut entry.state
+        {
+            *timer = Some(handle);
+            return;
+        }
+        handle.abort();
     }
 
     /// Sends `control` to the connected owner of `client_id`; false if none. The entry point
