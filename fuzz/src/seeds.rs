@@ -1,0 +1,368 @@
+//! The seed corpus: small valid packets of every type for both versions, encoded with brokk's
+//! own encoder, and packet sequences for the connection target. `tests/replay.rs` writes
+//! them to `corpus/<target>/` (when `BROKK_FUZZ_WRITE_SEEDS=1`) and checks they are current.
+
+use brokk::protocol::{
+    self, Ack, Auth, ConnAck, ConnAckProperties, Connect, Disconnect, MessageProperties, Packet,
+    Publish, QoS, RetainHandling, SubAck, Subscribe, SubscriptionRequest, UnsubAck, Unsubscribe,
+    Version, Will,
+};
+use bytes::{Bytes, BytesMut};
+
+use crate::connection;
+
+fn connect(version: Version, full: bool) -> Connect {
+    let v5 = version == Version::V5;
+    let mut c = connection::connect_packet(version, "seed", false);
+    if full {
+        c.clean_start = false;
+        c.username = Some("user".into());
+        c.password = Some(Bytes::from_static(b"pw"));
+        c.will = Some(Will {
+            topic: "will/t".into(),
+            payload: Bytes::from_static(b"bye"),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            delay_interval: if v5 { 5 } else { 0 },
+            properties: if v5 {
+                props()
+            } else {
+                MessageProperties::default()
+            },
+        });
+        if v5 {
+            c.session_expiry_interval = Some(60);
+            c.receive_maximum = Some(10);
+            c.maximum_packet_size = Some(1024);
+            c.topic_alias_maximum = Some(4);
+            c.request_response_information = Some(1);
+            c.request_problem_information = Some(0);
+            c.user_properties = vec![("k".into(), "v".into())];
+        }
+    }
+    c
+}
+
+fn props() -> MessageProperties {
+    MessageProperties {
+        payload_format_indicator: Some(1),
+        message_expiry_interval: Some(30),
+        content_type: Some("text/plain".into()),
+        response_topic: Some("reply/t".into()),
+        correlation_data: Some(Bytes::from_static(b"corr")),
+        user_properties: vec![("a".into(), "b".into())],
+    }
+}
+
+fn publish(version: Version, qos: QoS, topic: &str, packet_id: u16) -> Publish {
+    let v5 = version == Version::V5;
+    Publish {
+        dup: false,
+        qos,
+        retain: qos == QoS::AtLeastOnce,
+        topic: topic.into(),
+        packet_id,
+        payload: Bytes::from_static(b"hello"),
+        topic_alias: None,
+        subscription_identifiers: Vec::new(),
+        properties: if v5 && qos == QoS::ExactlyOnce {
+            props()
+        } else {
+            MessageProperties::default()
+        },
+    }
+}
+
+fn subscribe(version: Version, packet_id: u16, filter: &str) -> Subscribe {
+    let v5 = version == Version::V5;
+    Subscribe {
+        packet_id,
+        filters: vec![
+            SubscriptionRequest {
+                filter: filter.into(),
+                qos: QoS::ExactlyOnce,
+                no_local: false,
+                retain_as_published: v5,
+                retain_handling: RetainHandling::SendAtSubscribe,
+            },
+            SubscriptionRequest {
+                filter: "x/+".into(),
+                qos: QoS::AtLeastOnce,
+                no_local: v5,
+                retain_as_published: false,
+                retain_handling: if v5 {
+                    RetainHandling::SendIfNew
+                } else {
+                    RetainHandling::SendAtSubscribe
+                },
+            },
+        ],
+        subscription_identifier: v5.then_some(7),
+        user_properties: Vec::new(),
+    }
+}
+
+/// One valid packet of every type (client and server side) for `version`.
+pub fn packets(version: Version) -> Vec<(&'static str, Packet)> {
+    let v5 = version == Version::V5;
+    let mut out = vec![
+        (
+            "connect",
+            Packet::Connect(Box::new(connect(version, false))),
+        ),
+        (
+            "connect-full",
+            Packet::Connect(Box::new(connect(version, true))),
+        ),
+        (
+            "connack",
+            Packet::ConnAck(ConnAck {
+                session_present: false,
+                reason_code: 0,
+                properties: if v5 {
+                    ConnAckProperties {
+                        receive_maximum: Some(16),
+                        topic_alias_maximum: Some(8),
+                        ..ConnAckProperties::default()
+                    }
+                } else {
+                    ConnAckProperties::default()
+                },
+            }),
+        ),
+        (
+            "publish0",
+            Packet::Publish(publish(version, QoS::AtMostOnce, "a/b", 0)),
+        ),
+        (
+            "publish1",
+            Packet::Publish(publish(version, QoS::AtLeastOnce, "a/b", 1)),
+        ),
+        (
+            "publish2",
+            Packet::Publish(publish(version, QoS::ExactlyOnce, "a/b", 2)),
+        ),
+        ("puback", Packet::PubAck(Ack::success(1))),
+        ("pubrec", Packet::PubRec(Ack::success(2))),
+        ("pubrel", Packet::PubRel(Ack::success(2))),
+        ("pubcomp", Packet::PubComp(Ack::success(2))),
+        ("subscribe", Packet::Subscribe(subscribe(version, 3, "a/#"))),
+        (
+            "suback",
+            Packet::SubAck(SubAck {
+                packet_id: 3,
+                reason_codes: vec![2, 1, 0x80],
+                reason_string: None,
+            }),
+        ),
+        (
+            "unsubscribe",
+            Packet::Unsubscribe(Unsubscribe {
+                packet_id: 4,
+                filters: vec!["a/#".into(), "x/+".into()],
+                user_properties: Vec::new(),
+            }),
+        ),
+        (
+            "unsuback",
+            Packet::UnsubAck(UnsubAck {
+                packet_id: 4,
+                reason_codes: if v5 { vec![0, 0x11] } else { Vec::new() },
+            }),
+        ),
+        ("pingreq", Packet::PingReq),
+        ("pingresp", Packet::PingResp),
+        (
+            "disconnect",
+            Packet::Disconnect(Disconnect::with_reason(0, None)),
+        ),
+    ];
+    if v5 {
+        out.push((
+            "puback-reason",
+            Packet::PubAck(Ack {
+                packet_id: 1,
+                reason_code: 0x10,
+                reason_string: Some("no subscribers".into()),
+            }),
+        ));
+        let mut alias = publish(version, QoS::AtMostOnce, "a/b", 0);
+        alias.topic_alias = Some(1);
+        out.push(("publish-alias", Packet::Publish(alias)));
+        out.push((
+            "disconnect-expiry",
+            Packet::Disconnect(Disconnect {
+                reason_code: 0x04,
+                session_expiry_interval: Some(0),
+                reason_string: Some("bye".into()),
+                server_reference: None,
+            }),
+        ));
+        out.push((
+            "auth",
+            Packet::Auth(Auth {
+                reason_code: 0x18,
+                authentication_method: Some("m".into()),
+                authentication_data: Some(Bytes::from_static(b"d")),
+                reason_string: None,
+            }),
+        ));
+    }
+    out
+}
+
+pub fn encode(packet: &Packet, version: Version) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    protocol::encode(packet, version, &mut out).expect("a seed packet encodes");
+    out.to_vec()
+}
+
+fn label(version: Version) -> &'static str {
+    match version {
+        Version::V311 => "v311",
+        Version::V5 => "v5",
+    }
+}
+
+/// A client session after CONNECT: subscribe, publish at every QoS, complete the flows,
+/// unsubscribe, ping, disconnect.
+fn session(version: Version) -> Vec<Vec<u8>> {
+    let all = packets(version);
+    let get = |name: &str| {
+        all.iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, p)| encode(p, version))
+            .expect("seed packet")
+    };
+    [
+        "subscribe",
+        "publish0",
+        "publish1",
+        "publish2",
+        "pubrel",
+        "puback",
+        "pubrec",
+        "pubcomp",
+        "unsubscribe",
+        "pingreq",
+        "disconnect",
+    ]
+    .iter()
+    .map(|name| get(name))
+    .collect()
+}
+
+/// Every seed as `(target, file name, bytes)`.
+pub fn all() -> Vec<(&'static str, String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for version in [Version::V311, Version::V5] {
+        let v = label(version);
+        let selector = match version {
+            Version::V311 => 1u8,
+            Version::V5 => 2u8,
+        };
+        let mut stream = Vec::new();
+        for (name, packet) in packets(version) {
+            let bytes = encode(&packet, version);
+            let sel = if matches!(packet, Packet::Connect(_)) {
+                0
+            } else {
+                selector
+            };
+            let mut decode = vec![sel];
+            decode.extend_from_slice(&bytes);
+            out.push(("decode", format!("{v}-{name}"), decode));
+            for (max, chunk) in [(u16::MAX, 0u8), (64, 3), (8, 0)] {
+                let mut framing = vec![sel];
+                framing.extend_from_slice(&max.to_be_bytes());
+                framing.push(chunk);
+                framing.extend_from_slice(&bytes);
+                out.push((
+                    "framing",
+                    format!("{v}-{name}-max{max}-chunk{chunk}"),
+                    framing,
+                ));
+            }
+            if name != "connect" && name != "connect-full" {
+                stream.extend_from_slice(&bytes);
+            }
+        }
+        // A whole stream: CONNECT (version from the packet), then every other packet.
+        let mut s = vec![0u8];
+        s.extend_from_slice(&encode(
+            &Packet::Connect(Box::new(connect(version, false))),
+            version,
+        ));
+        s.extend_from_slice(&stream);
+        out.push(("decode", format!("{v}-stream"), s.clone()));
+        let mut f = vec![0u8, 0x10, 0x00, 5];
+        f.extend_from_slice(&s[1..]);
+        out.push(("framing", format!("{v}-stream"), f));
+
+        let v5_flag = u8::from(version == Version::V5);
+        let both = v5_flag | (v5_flag << 1);
+        let steps = session(version);
+        let chunks = |to_b: bool, pause: bool| -> Vec<(u8, Vec<u8>)> {
+            steps
+                .iter()
+                .map(|p| (u8::from(to_b) | if pause { 2 } else { 0 }, p.clone()))
+                .collect()
+        };
+        // One client, connected by the harness.
+        out.push((
+            "connection",
+            format!("{v}-session"),
+            connection::input(both | 0b1000, &chunks(false, true)),
+        ));
+        // Persistent session, clients close first.
+        out.push((
+            "connection",
+            format!("{v}-persistent-eof"),
+            connection::input(both | 0b110_1000, &chunks(false, false)),
+        ));
+        // The CONNECT in the input itself (full: will, credentials, properties).
+        let mut raw = vec![(
+            2u8,
+            encode(&Packet::Connect(Box::new(connect(version, true))), version),
+        )];
+        raw.extend(chunks(false, true));
+        out.push((
+            "connection",
+            format!("{v}-raw-connect"),
+            connection::input(both, &raw),
+        ));
+        // Two clients: B subscribes, A publishes (routing to a subscriber).
+        let mut routed = vec![(3u8, steps[0].clone())];
+        routed.extend(steps[1..4].iter().map(|p| (2u8, p.clone())));
+        routed.push((2u8, steps[4].clone()));
+        out.push((
+            "connection",
+            format!("{v}-route"),
+            connection::input(both | 0b1100, &routed),
+        ));
+        // Takeover: B connects with A's identifier, then both send.
+        out.push((
+            "connection",
+            format!("{v}-takeover"),
+            connection::input(both | 0b11_1100, &routed),
+        ));
+    }
+    // Mixed versions: a 3.1.1 publisher and a 5.0 subscriber.
+    let sub = session(Version::V5);
+    let publ = session(Version::V311);
+    out.push((
+        "connection",
+        "mixed-route".to_string(),
+        connection::input(
+            0b1110,
+            &[
+                (3, sub[0].clone()),
+                (2, publ[1].clone()),
+                (2, publ[2].clone()),
+                (2, publ[3].clone()),
+                (2, publ[4].clone()),
+            ],
+        ),
+    ));
+    out
+}
