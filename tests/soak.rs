@@ -49,6 +49,10 @@ impl Client {
         let n = SOURCE.fetch_add(1, Ordering::Relaxed);
         let source = Ipv4Addr::new(127, 0, 0, 2 + (n % 249) as u8);
         let socket = TcpSocket::new_v4().expect("socket");
+        // Close with RST: at hundreds of thousands of cycles the TIME_WAIT sockets that the
+        // broker's side keeps after its own close would otherwise make new SYNs on reused
+        // loopback ports wait for retransmission (a loopback artefact, not a broker limit).
+        socket.set_zero_linger().expect("linger");
         socket
             .bind(SocketAddr::from((source, 0)))
             .expect("bind a loopback source address");
