@@ -1,0 +1,235 @@
+//! Starting brokk and Mosquitto side by side on free loopback ports with equivalent settings.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Brokk,
+    Mosquitto,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Brokk => "brokk",
+            Kind::Mosquitto => "mosquitto",
+        }
+    }
+}
+
+pub struct Settings {
+    pub brokk_bin: PathBuf,
+    pub mosquitto_bin: String,
+    pub dir: PathBuf,
+    /// `taskset -c 0` for the broker.
+    pub pinned: bool,
+    pub queue_depth: usize,
+    pub inflight: u16,
+}
+
+pub struct Broker {
+    pub kind: Kind,
+    pub addr: SocketAddr,
+    pub pid: u32,
+    child: Child,
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+fn write(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+}
+
+impl Broker {
+    pub fn start(kind: Kind, s: &Settings) -> Result<Broker, String> {
+        std::fs::create_dir_all(&s.dir).map_err(|e| e.to_string())?;
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let (program, args, log) = match kind {
+            Kind::Brokk => {
+                let conf = s.dir.join("brokk.toml");
+                write(
+                    &conf,
+                    &format!(
+                        "[listeners.tcp]\nbind = \"127.0.0.1:{port}\"\n\n[metrics]\nenabled = false\n\n\
+                         [limits]\nmax_connections = 1000000\nreceive_maximum = {inf}\nmax_inflight = {inf}\n\
+                         max_queue_depth = {q}\nmax_queue_depth_disconnected = {q}\n",
+                        inf = s.inflight,
+                        q = s.queue_depth
+                    ),
+                );
+                (
+                    s.brokk_bin.display().to_string(),
+                    vec!["--config".to_string(), conf.display().to_string()],
+                    s.dir.join("brokk.log"),
+                )
+            }
+            Kind::Mosquitto => {
+                let conf = s.dir.join("mosquitto.conf");
+                write(
+                    &conf,
+                    &format!(
+                        "listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n\
+                         persistence false\nmax_queued_messages {q}\nmax_inflight_messages {inf}\n\
+                         max_connections -1\nconnection_messages false\nlog_dest stderr\n\
+                         log_type error\nlog_type warning\n",
+                        inf = s.inflight,
+                        q = s.queue_depth
+                    ),
+                );
+                (
+                    s.mosquitto_bin.clone(),
+                    vec!["-c".to_string(), conf.display().to_string()],
+                    s.dir.join("mosquitto.log"),
+                )
+            }
+        };
+        let logf = std::fs::File::create(&log).map_err(|e| e.to_string())?;
+        let mut cmd = if s.pinned {
+            let mut c = Command::new("taskset");
+            c.args(["-c", "0", &program]);
+            c
+        } else {
+            Command::new(&program)
+        };
+        cmd.args(&args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone().map_err(|e| e.to_string())?)
+            .stderr(logf);
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start {program}: {e}"))?;
+        let pid = child.id();
+        let mut b = Broker {
+            kind,
+            addr,
+            pid,
+            child,
+        };
+        let t0 = Instant::now();
+        loop {
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return Ok(b);
+            }
+            if let Ok(Some(status)) = b.child.try_wait() {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                return Err(format!("{} exited ({status}): {text}", kind.name()));
+            }
+            if t0.elapsed() > Duration::from_secs(10) {
+                b.stop();
+                return Err(format!("{} did not listen on {addr}", kind.name()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGTERM, then SIGKILL after 5 s.
+    pub fn stop(&mut self) {
+        // SAFETY: signalling our own child by its pid.
+        unsafe {
+            libc::kill(self.pid as i32, libc::SIGTERM);
+        }
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(5) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if self.alive() {
+            self.stop();
+        }
+    }
+}
+
+/// System calls the process makes while `run` runs: `perf stat -e raw_syscalls:sys_enter`
+/// (a kernel tracepoint counter: no slowdown), or `strace -c -f` if perf cannot.
+pub struct SyscallCounter {
+    child: Child,
+    out: PathBuf,
+    perf: bool,
+}
+
+impl SyscallCounter {
+    pub fn start(pid: u32, dir: &Path) -> Option<SyscallCounter> {
+        let out = dir.join(format!("syscalls-{pid}.txt"));
+        let perf_ok = Command::new("perf")
+            .args(["stat", "-e", "raw_syscalls:sys_enter", "true"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        let child = if perf_ok {
+            Command::new("perf")
+                .args(["stat", "-x", ",", "-e", "raw_syscalls:sys_enter", "-p", &pid.to_string(), "-o"])
+                .arg(&out)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .ok()?
+        } else {
+            Command::new("strace")
+                .args(["-c", "-f", "-p", &pid.to_string(), "-o"])
+                .arg(&out)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .ok()?
+        };
+        std::thread::sleep(Duration::from_millis(300));
+        Some(SyscallCounter {
+            child,
+            out,
+            perf: perf_ok,
+        })
+    }
+
+    pub fn method(&self) -> &'static str {
+        if self.perf { "perf raw_syscalls:sys_enter" } else { "strace -c -f" }
+    }
+
+    /// Stops counting (SIGINT) and returns the number of system calls.
+    pub fn finish(mut self) -> Option<u64> {
+        // SAFETY: signalling our own child.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGINT);
+        }
+        let _ = self.child.wait();
+        let text = std::fs::read_to_string(&self.out).ok()?;
+        if self.perf {
+            text.lines()
+                .find(|l| l.contains("raw_syscalls:sys_enter"))
+                .and_then(|l| l.split(',').next())
+                .and_then(|n| n.trim().parse().ok())
+        } else {
+            // The "total" line: % time, seconds, usecs/call, calls, errors, "total".
+            text.lines()
+                .find(|l| l.trim_end().ends_with("total"))
+                .and_then(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    f.get(3).and_then(|n| n.parse().ok())
+                })
+        }
+    }
+}
