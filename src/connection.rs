@@ -553,6 +553,11 @@ impl Connection {
         let mut draining = false;
         let drain_deadline = tokio::time::sleep_until(far.into());
         tokio::pin!(drain_deadline);
+        // One long-lived wait on the outbox, re-armed after each wake-up, rather than a new
+        // one per pass of the loop.
+        let outbox = self.outbox.clone();
+        let queued = outbox.notify().notified();
+        tokio::pin!(queued);
         loop {
             if self.outbox.is_overflowed() {
                 return CloseReason::MessageQueueLimitReached;
@@ -622,7 +627,7 @@ impl Connection {
                         }
                     }
                 },
-                _ = self.outbox.notified() => {},
+                _ = &mut queued => queued.set(outbox.notify().notified()),
                 _ = &mut sleep, if self.keep_alive.is_some() || self.ttl.is_some() => {
                     return CloseReason::ClientUnresponsive;
                 }

@@ -205,7 +205,8 @@ impl Outbox {
         n
     }
 
-    pub async fn notified(&self) {
-        self.notify.notified().await
+    /// Wakes the consumer when something was queued (a stored permit if it is not waiting).
+    pub fn notify(&self) -> &Notify {
+        &self.notify
     }
 }

@@ -57,14 +57,11 @@ impl Server {
                 Some(tls) => Some((crate::tls::acceptor(name, tls)?, tls.handshake_timeout)),
                 None => None,
             };
-            let socket =
-                TcpListener::bind(listener.bind)
-                    .await
-                    .map_err(|source| StartError::Bind {
-                        key: format!("listeners.{name}.bind"),
-                        addr: listener.bind,
-                        source,
-                    })?;
+            let socket = bind_listener(listener.bind).map_err(|source| StartError::Bind {
+                key: format!("listeners.{name}.bind"),
+                addr: listener.bind,
+                source,
+            })?;
             acceptors.push((name.clone(), socket, tls));
         }
         let handle = crate::metrics::install();
@@ -155,6 +152,19 @@ impl Server {
             tracing::warn!("shutdown: connections still open after the drain deadline");
         }
     }
+}
+
+/// Binds an MQTT listener with a deep accept backlog: a reconnect storm should wait in the
+/// queue, not lose SYNs and retry a second later (the default backlog of 128 did).
+fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }
 
 /// Resolves once shutdown is signalled (or the signal's sender is gone). Returns `()` so no
