@@ -43,22 +43,8 @@ pub async fn open(addr: SocketAddr) -> Res<TcpStream> {
 
 pub fn connect_packet(client_id: &str, clean: bool) -> Connect {
     Connect {
-        version: Version::V311,
-        client_id: client_id.to_string(),
         clean_start: clean,
-        keep_alive: 0,
-        username: None,
-        password: None,
-        will: None,
-        session_expiry_interval: None,
-        receive_maximum: None,
-        maximum_packet_size: None,
-        topic_alias_maximum: None,
-        request_response_information: None,
-        request_problem_information: None,
-        authentication_method: None,
-        authentication_data: None,
-        user_properties: Vec::new(),
+        ..Connect::new(Version::V311, client_id)
     }
 }
 

@@ -62,22 +62,10 @@ pub fn config() -> Config {
 /// The CONNECT the harness sends for a client when flag bit 3 is set.
 pub fn connect_packet(version: Version, client_id: &str, persistent: bool) -> Connect {
     Connect {
-        version,
-        client_id: client_id.to_string(),
         clean_start: !persistent,
         keep_alive: 30,
-        username: None,
-        password: None,
-        will: None,
         session_expiry_interval: (persistent && version == Version::V5).then_some(30),
-        receive_maximum: None,
-        maximum_packet_size: None,
-        topic_alias_maximum: None,
-        request_response_information: None,
-        request_problem_information: None,
-        authentication_method: None,
-        authentication_data: None,
-        user_properties: Vec::new(),
+        ..Connect::new(version, client_id)
     }
 }
 

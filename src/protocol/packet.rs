@@ -102,6 +102,31 @@ pub struct Connect {
     pub user_properties: UserProperties,
 }
 
+impl Connect {
+    /// A CONNECT with clean start, no keep-alive, no credentials, will or properties: the
+    /// base that clients (tests, the load generator, the fuzzer) adjust.
+    pub fn new(version: Version, client_id: &str) -> Connect {
+        Connect {
+            version,
+            client_id: client_id.to_string(),
+            clean_start: true,
+            keep_alive: 0,
+            username: None,
+            password: None,
+            will: None,
+            session_expiry_interval: None,
+            receive_maximum: None,
+            maximum_packet_size: None,
+            topic_alias_maximum: None,
+            request_response_information: None,
+            request_problem_information: None,
+            authentication_method: None,
+            authentication_data: None,
+            user_properties: Vec::new(),
+        }
+    }
+}
+
 /// CONNACK properties the server sends (v5 only; ignored for 3.1.1).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ConnAckProperties {

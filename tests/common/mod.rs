@@ -192,21 +192,7 @@ impl Raw {
 
 pub fn connect_packet(version: Version, client_id: &str) -> Connect {
     Connect {
-        version,
-        client_id: client_id.to_string(),
-        clean_start: true,
         keep_alive: 60,
-        username: None,
-        password: None,
-        will: None,
-        session_expiry_interval: None,
-        receive_maximum: None,
-        maximum_packet_size: None,
-        topic_alias_maximum: None,
-        request_response_information: None,
-        request_problem_information: None,
-        authentication_method: None,
-        authentication_data: None,
-        user_properties: Vec::new(),
+        ..Connect::new(version, client_id)
     }
 }
