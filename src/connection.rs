@@ -28,6 +28,8 @@ use crate::session::{InflightOut, OutboundState, Session};
 /// Stop pulling from the outbox while this much is waiting to be written: a client that does
 /// not read lets its queue (bounded) fill instead of this buffer (unbounded).
 const WRITE_HIGH_WATER: usize = 64 * 1024;
+/// Read buffer growth once a read fills the buffer.
+const READ_BURST: usize = 16 * 1024;
 /// Deliveries taken from the outbox per lock.
 const DRAIN_BATCH: usize = 256;
 /// Topic aliases a v5 client may use towards us (CONNACK Topic Alias Maximum).
@@ -57,7 +59,7 @@ where
     let mut io = Io {
         reader,
         writer,
-        rbuf: BytesMut::with_capacity(1024),
+        rbuf: BytesMut::with_capacity(512),
         wbuf: BytesMut::new(),
     };
     let broker = ctx.broker.clone();
@@ -66,26 +68,36 @@ where
     let mut shutdown = ctx.shutdown.clone();
 
     let connect = tokio::select! {
-        result = tokio::time::timeout(timeout, io.read_connect(&broker, max)) => match result {
+        // Boxed, like every phase but the long one: an idle connection keeps only the main
+        // loop's state in its task, not the largest of all its phases.
+        result = Box::pin(tokio::time::timeout(timeout, io.read_connect(&broker, max))) => match result {
             Ok(Ok(connect)) => connect,
-            Ok(Err(reason)) => return close_unattached(io, ctx.peer, None, reason, started, None).await,
-            Err(_) => return close_unattached(io, ctx.peer, None, CloseReason::ClientUnresponsive, started, None).await,
+            Ok(Err(reason)) => return Box::pin(close_unattached(io, ctx.peer, None, reason, started, None)).await,
+            Err(_) => return Box::pin(close_unattached(io, ctx.peer, None, CloseReason::ClientUnresponsive, started, None)).await,
         },
         _ = crate::server::stopped(&mut shutdown) => {
-            return close_unattached(io, ctx.peer, None, CloseReason::ServerShutdown, started, None).await;
+            return Box::pin(close_unattached(io, ctx.peer, None, CloseReason::ServerShutdown, started, None)).await;
         }
     };
 
-    match accept(&broker, &ctx, connect, &mut io).await {
+    match Box::pin(accept(&broker, &ctx, connect, &mut io)).await {
         Ok(mut conn) => {
             let reason = conn.run(&mut io).await;
-            conn.finish(io, reason, started).await;
+            Box::pin(conn.finish(io, reason, started)).await;
         }
         Err(refused) => {
             broker.stats_connect(refused.version, false);
             let client_id = refused.client_id.as_deref();
             let why = Some(refused.why.as_str());
-            close_unattached(io, ctx.peer, client_id, CloseReason::Aborted, started, why).await;
+            Box::pin(close_unattached(
+                io,
+                ctx.peer,
+                client_id,
+                CloseReason::Aborted,
+                started,
+                why,
+            ))
+            .await;
         }
     }
 }
@@ -551,6 +563,7 @@ impl Connection {
         // Graceful shutdown drains: the connection goes on until what was routed to it has
         // been written and acknowledged, or until the drain deadline.
         let mut draining = false;
+        let mut read_filled = false;
         let drain_deadline = tokio::time::sleep_until(far.into());
         tokio::pin!(drain_deadline);
         // One long-lived wait on the outbox, re-armed after each wake-up, rather than a new
@@ -571,9 +584,13 @@ impl Connection {
             {
                 return CloseReason::ServerShutdown;
             }
-            if io.rbuf.capacity() - io.rbuf.len() < 512 {
-                io.rbuf.reserve(2048);
+            // Read buffer sizing: small while the client is quiet (idle connections are most
+            // connections), large once a read fills it (a busy publisher: fewer syscalls).
+            let spare = io.rbuf.capacity() - io.rbuf.len();
+            if spare < 256 {
+                io.rbuf.reserve(if read_filled { READ_BURST } else { 512 });
             }
+            let spare = io.rbuf.capacity() - io.rbuf.len();
             tokio::select! {
                 control = self.control_rx.recv() => match control {
                     Some(Control::TakeOver { reply }) => {
@@ -606,10 +623,14 @@ impl Connection {
                     Ok(0) => return CloseReason::ConnectionLost,
                     Err(_) => return CloseReason::IoException,
                     Ok(n) => {
+                        read_filled = n >= spare;
                         self.broker.stats.bytes_received.increment(n as u64);
                         let before = self.last_inbound;
                         if let Err(reason) = self.handle_input(&mut io.rbuf, &mut io.wbuf, max) {
                             return reason;
+                        }
+                        if io.rbuf.is_empty() && !read_filled && io.rbuf.capacity() > READ_BURST {
+                            io.rbuf = BytesMut::new();
                         }
                         if self.last_inbound != before
                             && let Some(deadline) = self.deadline() {

@@ -231,25 +231,29 @@ async fn serve_socket(
 ) {
     match tls {
         None => connection::serve(ctx, stream).await,
+        // Boxed: a TLS session is large, and plain connections should not carry its size.
         Some((acceptor, timeout)) => {
-            let started = Instant::now();
-            match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls_stream)) => connection::serve(ctx, tls_stream).await,
-                Ok(Err(error)) => connection::log_close(
-                    None,
-                    ctx.peer,
-                    CloseReason::IoException,
-                    started,
-                    Some(&format!("TLS handshake failed: {error}")),
-                ),
-                Err(_) => connection::log_close(
-                    None,
-                    ctx.peer,
-                    CloseReason::IoException,
-                    started,
-                    Some("TLS handshake timed out"),
-                ),
-            }
+            Box::pin(async move {
+                let started = Instant::now();
+                match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(tls_stream)) => connection::serve(ctx, tls_stream).await,
+                    Ok(Err(error)) => connection::log_close(
+                        None,
+                        ctx.peer,
+                        CloseReason::IoException,
+                        started,
+                        Some(&format!("TLS handshake failed: {error}")),
+                    ),
+                    Err(_) => connection::log_close(
+                        None,
+                        ctx.peer,
+                        CloseReason::IoException,
+                        started,
+                        Some("TLS handshake timed out"),
+                    ),
+                }
+            })
+            .await
         }
     }
 }

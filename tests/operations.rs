@@ -433,3 +433,23 @@ fn passwd_adds_updates_and_deletes_users() {
     let text = std::fs::read_to_string(&file).expect("read");
     assert!(!text.contains("alice:") && text.contains("bob:"));
 }
+
+/// Idle memory: a connection task keeps only its main loop's state (connect, refusal, close
+/// and TLS phases are boxed while they run). Guards the per-connection footprint.
+#[tokio::test]
+async fn connection_task_state_stays_small() {
+    let config = brokk::config::Config::default();
+    let auth = brokk::auth::Authenticator::from_config(&config.auth).expect("auth");
+    let broker = Arc::new(brokk::broker::Broker::new(config, auth));
+    let (_stop, shutdown) = tokio::sync::watch::channel(false);
+    let (stream, _peer) = tokio::io::duplex(64);
+    let ctx = brokk::connection::ConnectionContext {
+        broker,
+        peer: "127.0.0.1:1".parse().expect("addr"),
+        over_limit: false,
+        shutdown,
+    };
+    let task = brokk::connection::serve(ctx, stream);
+    let size = std::mem::size_of_val(&task);
+    assert!(size <= 2048, "the connection future is {size} bytes");
+}
