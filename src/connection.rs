@@ -148,7 +148,9 @@ pub(crate) fn log_close(
             detail,
             "connection closed"
         ),
-        CloseReason::InternalError | CloseReason::IoException => {
+        // A reset or failed socket is the network's doing, logged like other closes; only
+        // the broker's own faults are warnings.
+        CloseReason::InternalError => {
             tracing::warn!(client_id, %peer, reason = reason.label(), duration_ms, detail, "connection closed")
         }
         _ => {
