@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 
 use crate::auth::AuthResult;
 use crate::broker::Broker;
@@ -21,7 +21,7 @@ use crate::protocol::{
     self, Ack, ConnAck, ConnAckProperties, Connect, DecodeError, Disconnect, Packet, Publish, QoS,
     RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe, Version,
 };
-use crate::registry::{Control, Detached, Previous};
+use crate::registry::{Control, Detached, Mailbox, Previous};
 use crate::router::{self, SubscriptionOptions};
 use crate::session::{InflightOut, OutboundState, Session};
 
@@ -381,7 +381,7 @@ where
     };
 
     // Take the session.
-    let (control_tx, control_rx) = mpsc::unbounded_channel();
+    let mailbox = Mailbox::new();
     let new_outbox = || {
         Arc::new(Outbox::new(
             limits.max_queue_depth,
@@ -390,15 +390,16 @@ where
             broker.stats.queued.clone(),
         ))
     };
-    let attached = broker
-        .registry
-        .attach(&client_id, control_tx, connect.clean_start, new_outbox);
+    let attached =
+        broker
+            .registry
+            .attach(&client_id, mailbox.clone(), connect.clean_start, new_outbox);
     let previous = match attached.previous {
         Previous::Nothing => None,
         Previous::Waiting(session) => Some(session),
         Previous::Connected(old) => {
             let (reply_tx, reply_rx) = oneshot::channel();
-            if old.send(Control::TakeOver { reply: reply_tx }).is_ok() {
+            if old.send(Control::TakeOver { reply: reply_tx }) {
                 match tokio::time::timeout(TAKEOVER_TIMEOUT, reply_rx).await {
                     Ok(Ok(session)) => session,
                     Ok(Err(_)) => None,
@@ -477,7 +478,7 @@ where
         generation: attached.generation,
         outbox: attached.outbox,
         session,
-        control_rx,
+        mailbox,
         shutdown: ctx.shutdown.clone(),
         keep_alive,
         ttl,
@@ -509,7 +510,7 @@ struct Connection {
     outbox: Arc<Outbox>,
     session: Box<Session>,
     /// The session table's mailbox to this connection (takeover, administrative close).
-    control_rx: mpsc::UnboundedReceiver<Control>,
+    mailbox: Arc<Mailbox>,
     shutdown: watch::Receiver<bool>,
     /// 1.5 x the negotiated keep-alive; `None` = no keep-alive.
     keep_alive: Option<Duration>,
@@ -533,6 +534,14 @@ struct Connection {
     will_on_close: bool,
     takeover_reply: Option<oneshot::Sender<Option<Box<Session>>>>,
     scratch: Vec<Delivery>,
+}
+
+impl Drop for Connection {
+    /// However the connection ends (even by a panic), its mailbox closes: a takeover that
+    /// arrives later learns at once that there is no one to hand the session over.
+    fn drop(&mut self) {
+        self.mailbox.close();
+    }
 }
 
 impl Connection {
@@ -594,8 +603,8 @@ impl Connection {
             }
             let spare = io.rbuf.capacity() - io.rbuf.len();
             tokio::select! {
-                control = self.control_rx.recv() => match control {
-                    Some(Control::TakeOver { reply }) => {
+                control = self.mailbox.recv() => match control {
+                    Control::TakeOver { reply } => {
                         self.takeover_reply = Some(reply);
                         // Input that reached the socket before the takeover still counts: a
                         // client that sent DISCONNECT and reconnected at once ends its
@@ -612,8 +621,7 @@ impl Connection {
                         }
                         return CloseReason::SessionTakenOver;
                     }
-                    Some(Control::Close(reason)) => return reason,
-                    None => {}
+                    Control::Close(reason) => return reason,
                 },
                 _ = crate::server::stopped(&mut shutdown), if !draining => {
                     draining = true;
@@ -1208,12 +1216,11 @@ impl Connection {
                     // A takeover is under way: its request is, or is about to be, in the
                     // mailbox (the new owner sends it right after taking the entry).
                     let reply = tokio::time::timeout(TAKEOVER_TIMEOUT, async {
-                        while let Some(control) = self.control_rx.recv().await {
-                            if let Control::TakeOver { reply } = control {
-                                return Some(reply);
+                        loop {
+                            if let Control::TakeOver { reply } = self.mailbox.recv().await {
+                                return reply;
                             }
                         }
-                        None
                     })
                     .await;
                     // This connection ended for a reason of its own, just as the new
@@ -1225,7 +1232,7 @@ impl Connection {
                         self.broker.end_session_in_place(&session, &self.outbox);
                         None
                     };
-                    if let Ok(Some(reply)) = reply {
+                    if let Ok(reply) = reply {
                         let _ = reply.send(handover);
                     }
                 }

@@ -10,7 +10,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry as MapEntry;
-use tokio::sync::{mpsc, oneshot};
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use tokio::sync::{Notify, oneshot};
 use tokio::task::AbortHandle;
 
 use crate::close::CloseReason;
@@ -29,7 +32,67 @@ pub enum Control {
     Close(CloseReason),
 }
 
-pub type ControlSender = mpsc::UnboundedSender<Control>;
+/// A connection's mailbox: the table (or an administrator) drops a [`Control`] in, the
+/// connection takes it out. Tens of bytes, where a channel would cost a kilobyte per idle
+/// connection; closed when the connection ends, so late senders learn it at once.
+#[derive(Debug, Default)]
+pub struct Mailbox {
+    state: Mutex<MailboxState>,
+    notify: Notify,
+}
+
+#[derive(Debug, Default)]
+struct MailboxState {
+    queue: VecDeque<Control>,
+    closed: bool,
+}
+
+impl Mailbox {
+    pub fn new() -> Arc<Mailbox> {
+        Arc::new(Mailbox::default())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, MailboxState> {
+        // Every mutation is a single push, pop or clear: a poisoned lock is still consistent.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Delivers `control`; false if the connection has already ended.
+    pub fn send(&self, control: Control) -> bool {
+        {
+            let mut state = self.lock();
+            if state.closed {
+                return false;
+            }
+            state.queue.push_back(control);
+        }
+        self.notify.notify_one();
+        true
+    }
+
+    /// The next control message, waiting for one.
+    pub async fn recv(&self) -> Control {
+        loop {
+            let notified = self.notify.notified();
+            if let Some(control) = self.lock().queue.pop_front() {
+                return control;
+            }
+            notified.await;
+        }
+    }
+
+    /// No more messages: later sends fail, and queued ones are dropped (a waiting taker sees
+    /// its reply channel close).
+    pub fn close(&self) {
+        let mut state = self.lock();
+        state.closed = true;
+        state.queue.clear();
+    }
+}
+
+pub type ControlSender = Arc<Mailbox>;
 
 #[derive(Debug)]
 enum State {
@@ -281,7 +344,7 @@ impl Registry {
             return false;
         };
         match &entry.state {
-            State::Connected { control: tx } => tx.send(control).is_ok(),
+            State::Connected { control: tx } => tx.send(control),
             State::Disconnected { .. } => false,
         }
     }
@@ -336,9 +399,9 @@ mod tests {
     fn stale_connection_cannot_remove_its_successor() {
         let registry = Registry::new();
         let id: Arc<str> = Arc::from("c");
-        let (tx1, _rx1) = mpsc::unbounded_channel();
+        let tx1 = Mailbox::new();
         let first = registry.attach(&id, tx1, false, outbox);
-        let (tx2, _rx2) = mpsc::unbounded_channel();
+        let tx2 = Mailbox::new();
         let second = registry.attach(&id, tx2, false, outbox);
         assert!(matches!(second.previous, Previous::Connected(_)));
         assert!(matches!(
@@ -361,14 +424,14 @@ mod tests {
     fn reconnect_cancels_expiry_and_delayed_will() {
         let registry = Registry::new();
         let id: Arc<str> = Arc::from("c");
-        let (tx, _rx) = mpsc::unbounded_channel();
+        let tx = Mailbox::new();
         let first = registry.attach(&id, tx, false, outbox);
         assert!(matches!(
             registry.detach("c", first.generation, session("c"), true),
             Detached::Kept
         ));
         assert!(registry.is_waiting("c", first.generation));
-        let (tx, _rx) = mpsc::unbounded_channel();
+        let tx = Mailbox::new();
         let second = registry.attach(&id, tx, false, outbox);
         assert!(matches!(second.previous, Previous::Waiting(_)));
         assert!(!registry.is_waiting("c", first.generation));
@@ -385,9 +448,8 @@ mod tests {
             let registry = registry.clone();
             let id = id.clone();
             threads.push(std::thread::spawn(move || {
-                let (tx, rx) = mpsc::unbounded_channel();
-                let attached = registry.attach(&id, tx, false, outbox);
-                (attached.generation, rx)
+                let attached = registry.attach(&id, Mailbox::new(), false, outbox);
+                (attached.generation, ())
             }));
         }
         let results: Vec<_> = threads
