@@ -9,9 +9,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use brokk::protocol::{
-    Packet, Publish, QoS, RetainHandling, Subscribe, SubscriptionRequest, Unsubscribe, Version,
+    Packet, QoS, RetainHandling, Subscribe, SubscriptionRequest, Unsubscribe, Version,
 };
-use bytes::Bytes;
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -179,20 +178,6 @@ fn unsubscribe(packet_id: u16, filters: Vec<String>) -> Packet {
         packet_id,
         filters,
         user_properties: Vec::new(),
-    })
-}
-
-fn publish(topic: &str, qos: QoS, packet_id: u16, payload: &[u8]) -> Packet {
-    Packet::Publish(Publish {
-        dup: false,
-        qos,
-        retain: false,
-        topic: topic.to_string(),
-        packet_id,
-        payload: Bytes::copy_from_slice(payload),
-        topic_alias: None,
-        subscription_identifiers: Vec::new(),
-        properties: Default::default(),
     })
 }
 

@@ -5,10 +5,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use brokk::config::QueueFullPolicy;
-use brokk::protocol::{
-    Ack, Packet, Publish, QoS, RetainHandling, Subscribe, SubscriptionRequest, Version,
-};
-use bytes::Bytes;
+use brokk::protocol::{Ack, Packet, QoS, RetainHandling, Subscribe, SubscriptionRequest, Version};
 use common::*;
 
 fn subscribe(packet_id: u16, filter: &str, qos: QoS) -> Packet {
@@ -23,20 +20,6 @@ fn subscribe(packet_id: u16, filter: &str, qos: QoS) -> Packet {
         }],
         subscription_identifier: None,
         user_properties: Vec::new(),
-    })
-}
-
-fn publish(topic: &str, qos: QoS, packet_id: u16, payload: &[u8]) -> Packet {
-    Packet::Publish(Publish {
-        dup: false,
-        qos,
-        retain: false,
-        topic: topic.to_string(),
-        packet_id,
-        payload: Bytes::copy_from_slice(payload),
-        topic_alias: None,
-        subscription_identifiers: Vec::new(),
-        properties: Default::default(),
     })
 }
 

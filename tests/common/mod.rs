@@ -196,3 +196,18 @@ pub fn connect_packet(version: Version, client_id: &str) -> Connect {
         ..Connect::new(version, client_id)
     }
 }
+
+/// A plain PUBLISH packet (no properties, no DUP, no RETAIN).
+pub fn publish(topic: &str, qos: brokk::protocol::QoS, packet_id: u16, payload: &[u8]) -> Packet {
+    Packet::Publish(brokk::protocol::Publish {
+        dup: false,
+        qos,
+        retain: false,
+        topic: topic.to_string(),
+        packet_id,
+        payload: bytes::Bytes::copy_from_slice(payload),
+        topic_alias: None,
+        subscription_identifiers: Vec::new(),
+        properties: Default::default(),
+    })
+}
