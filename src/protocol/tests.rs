@@ -43,9 +43,6 @@ fn round_trip(p: Packet, v: Version) {
 
 fn connect(v: Version) -> Connect {
     Connect {
-        version: v,
-        client_id: "client-1".into(),
-        clean_start: true,
         keep_alive: 30,
         username: Some("user".into()),
         password: Some(Bytes::from_static(&[0xFF, 0x00, 0xC3])), // binary, not UTF-8
@@ -57,15 +54,7 @@ fn connect(v: Version) -> Connect {
             delay_interval: 0,
             properties: MessageProperties::default(),
         }),
-        session_expiry_interval: None,
-        receive_maximum: None,
-        maximum_packet_size: None,
-        topic_alias_maximum: None,
-        request_response_information: None,
-        request_problem_information: None,
-        authentication_method: None,
-        authentication_data: None,
-        user_properties: Vec::new(),
+        ..Connect::new(v, "client-1")
     }
 }
 
