@@ -49,13 +49,23 @@ pub struct ConnectionContext {
     pub shutdown: watch::Receiver<bool>,
 }
 
-/// Serves one MQTT connection to its end.
+/// Serves one MQTT connection to its end (any stream: TLS, an in-memory duplex, ...).
 pub async fn serve<S>(ctx: ConnectionContext, stream: S)
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
-    let started = Instant::now();
     let (reader, writer) = tokio::io::split(stream);
+    serve_halves(ctx, reader, writer).await
+}
+
+/// Serves one MQTT connection given its two halves. A plain TCP stream comes here split by
+/// `into_split`, which, unlike `tokio::io::split`, takes no lock on every read and write.
+pub async fn serve_halves<R, W>(ctx: ConnectionContext, reader: R, writer: W)
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let started = Instant::now();
     let mut io = Io {
         reader,
         writer,

@@ -230,7 +230,10 @@ async fn serve_socket(
     tls: Option<(tokio_rustls::TlsAcceptor, Duration)>,
 ) {
     match tls {
-        None => connection::serve(ctx, stream).await,
+        None => {
+            let (reader, writer) = stream.into_split();
+            connection::serve_halves(ctx, reader, writer).await
+        }
         // Boxed: a TLS session is large, and plain connections should not carry its size.
         Some((acceptor, timeout)) => {
             Box::pin(async move {
