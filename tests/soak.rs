@@ -13,13 +13,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use brokk::protocol::{
-    self, Ack, ConnAck, Disconnect, Packet, Publish, QoS, RetainHandling, Subscribe,
-    SubscriptionRequest, Version,
+    Ack, ConnAck, Disconnect, Packet, Publish, QoS, RetainHandling, Subscribe, SubscriptionRequest,
+    Version,
 };
-use bytes::{Bytes, BytesMut};
-use common::{WAIT, connect_packet, start_with};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use bytes::Bytes;
+use common::{Raw, WAIT, connect_packet, start_with};
+use tokio::net::TcpSocket;
 
 /// Cycles when `BROKK_SOAK_CYCLES` is not set: about 30 s of the debug build on two busy cores.
 const DEFAULT_CYCLES: usize = 10_000;
@@ -37,11 +36,9 @@ const MAX_SESSION_EXPIRY: Duration = Duration::from_secs(2);
 /// exhaust one address's ephemeral ports.
 static SOURCE: AtomicUsize = AtomicUsize::new(0);
 
-/// A minimal MQTT client over its own socket (common's `Raw` connects from 127.0.0.1 only).
+/// A raw client (common's `Raw`) on a socket of its own: a rotating 127.0.0.x source address.
 struct Client {
-    stream: TcpStream,
-    buf: BytesMut,
-    version: Version,
+    raw: Raw,
 }
 
 impl Client {
@@ -62,36 +59,17 @@ impl Client {
             .expect("connect");
         let _ = stream.set_nodelay(true);
         Client {
-            stream,
-            buf: BytesMut::new(),
-            version,
+            raw: Raw::from_stream(stream, version),
         }
     }
 
     async fn send(&mut self, packet: &Packet) {
-        let mut out = BytesMut::new();
-        protocol::encode(packet, self.version, &mut out).expect("encode");
-        // A write to a connection the broker already closed shows up at the next recv.
-        let _ = self.stream.write_all(&out).await;
+        self.raw.send_packet(packet).await;
     }
 
     /// The next packet, `None` once the broker closed the connection.
     async fn recv(&mut self) -> Option<Packet> {
-        tokio::time::timeout(WAIT, async {
-            loop {
-                match protocol::decode(&mut self.buf, Some(self.version), usize::MAX >> 4) {
-                    Ok(Some(packet)) => return Some(packet),
-                    Ok(None) => {}
-                    Err(error) => panic!("broker sent a bad packet: {error}"),
-                }
-                match self.stream.read_buf(&mut self.buf).await {
-                    Ok(0) | Err(_) => return None,
-                    Ok(_) => {}
-                }
-            }
-        })
-        .await
-        .expect("a packet or a close in time")
+        self.raw.recv().await
     }
 
     /// Connects and returns the client with its CONNACK.

@@ -130,10 +130,15 @@ pub struct Raw {
 impl Raw {
     pub async fn open(addr: SocketAddr) -> Raw {
         let stream = TcpStream::connect(addr).await.expect("connect");
+        Raw::from_stream(stream, Version::V5)
+    }
+
+    /// A raw client on a socket the test opened itself (a chosen source address, say).
+    pub fn from_stream(stream: TcpStream, version: Version) -> Raw {
         Raw {
             stream,
             buf: BytesMut::new(),
-            version: Version::V5,
+            version,
         }
     }
 
