@@ -80,6 +80,17 @@ pub struct Limits {
     pub max_queue_depth: usize,
     pub max_queue_depth_disconnected: usize,
     pub queue_full_policy: QueueFullPolicy,
+    /// Bytes queued per connected session (payload, topic and properties of each message).
+    pub max_queue_bytes: usize,
+    /// The same while the session waits for its client.
+    pub max_queue_bytes_disconnected: usize,
+    /// Topic levels a topic name or filter may have (deeper ones are refused).
+    pub max_topic_levels: usize,
+    /// Subscriptions one session may hold.
+    pub max_subscriptions_per_client: usize,
+    /// Output the client does not read for this long closes the connection (0 = never).
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
     /// How long graceful shutdown waits for in-flight writes before closing sockets.
     #[serde(with = "humantime_serde")]
     pub shutdown_drain: Duration,
@@ -158,6 +169,11 @@ impl Default for Limits {
             max_queue_depth: 1000,
             max_queue_depth_disconnected: 5000,
             queue_full_policy: QueueFullPolicy::Disconnect,
+            max_queue_bytes: 16 * 1024 * 1024,
+            max_queue_bytes_disconnected: 64 * 1024 * 1024,
+            max_topic_levels: 128,
+            max_subscriptions_per_client: 10_000,
+            write_timeout: Duration::from_secs(30),
             shutdown_drain: Duration::from_secs(5),
         }
     }
@@ -295,9 +311,34 @@ impl Config {
         if limits.connect_timeout.is_zero() {
             return Err(invalid("limits.connect_timeout", "must be greater than 0"));
         }
+        if limits.max_queue_bytes == 0 {
+            return Err(invalid("limits.max_queue_bytes", "must be at least 1"));
+        }
+        if limits.max_queue_bytes_disconnected == 0 {
+            return Err(invalid(
+                "limits.max_queue_bytes_disconnected",
+                "must be at least 1",
+            ));
+        }
+        if !(1..=MAX_TOPIC_LEVELS).contains(&limits.max_topic_levels) {
+            return Err(invalid(
+                "limits.max_topic_levels",
+                format!("must be between 1 and {MAX_TOPIC_LEVELS}"),
+            ));
+        }
+        if limits.max_subscriptions_per_client == 0 {
+            return Err(invalid(
+                "limits.max_subscriptions_per_client",
+                "must be at least 1",
+            ));
+        }
         Ok(())
     }
 }
+
+/// The deepest topic `limits.max_topic_levels` may allow. The router's walks do not recurse,
+/// so this is a bound on work per topic, not a guard for the stack.
+const MAX_TOPIC_LEVELS: usize = 1024;
 
 /// The smallest packet limit that still admits a CONNECT with an empty client id.
 const MIN_PACKET_SIZE: u32 = 16;
