@@ -132,6 +132,8 @@ async fn tls_listener_serves_mqtt_and_refuses_clients_without_a_certificate() {
                     key: path("server.key"),
                     client_ca: Some(path("ca.pem")),
                     handshake_timeout: Duration::from_secs(5),
+                    identity_as_username: false,
+                    crl: None,
                 }),
             },
         );
@@ -448,6 +450,7 @@ async fn connection_task_state_stays_small() {
         peer: "127.0.0.1:1".parse().expect("addr"),
         over_limit: false,
         shutdown,
+        identity: brokk::auth::PeerIdentity::None,
     };
     let task = brokk::connection::serve(ctx, stream);
     let size = std::mem::size_of_val(&task);
