@@ -869,7 +869,9 @@ mod tests {
         );
         let e = error("[auth.jwt]\nalgorithm = \"none\"\n");
         assert!(
-            e.starts_with("auth.jwt.algorithm: unknown value \"none\" (expected HS256, RS256 or ES256)"),
+            e.starts_with(
+                "auth.jwt.algorithm: unknown value \"none\" (expected HS256, RS256 or ES256)"
+            ),
             "{e}"
         );
         let e = error("[auth]\nacl = \"x\"\n");
@@ -907,7 +909,10 @@ mod tests {
             invalid_key(&identity),
             "listeners.s.tls.identity_as_username"
         );
-        let crl = text.replace(" }", &format!(", crl = {:?} }}", cert.display().to_string()));
+        let crl = text.replace(
+            " }",
+            &format!(", crl = {:?} }}", cert.display().to_string()),
+        );
         assert_eq!(invalid_key(&crl), "listeners.s.tls.crl");
         let with_ca = text.replace(
             " }",
@@ -917,7 +922,10 @@ mod tests {
                 cert.display().to_string()
             ),
         );
-        let tls = Config::from_toml(&with_ca).unwrap().listeners["s"].tls.clone().unwrap();
+        let tls = Config::from_toml(&with_ca).unwrap().listeners["s"]
+            .tls
+            .clone()
+            .unwrap();
         assert!(tls.identity_as_username && tls.crl.is_some());
         let text = text.replace(" }", ", client_ca = \"/nonexistent/ca.pem\" }");
         assert_eq!(invalid_key(&text), "listeners.s.tls.client_ca");

@@ -309,7 +309,13 @@ where
     });
     if let Err(refusal) = login.await {
         let (code, why) = (refusal.reason_code(), refusal.detail());
-        return Err(refuse(io, version, code, Some(connect.client_id.clone()), &why));
+        return Err(refuse(
+            io,
+            version,
+            code,
+            Some(connect.client_id.clone()),
+            &why,
+        ));
     }
     if let Some(will) = &connect.will
         && router::validate_topic_name(&will.topic).is_err()

@@ -340,9 +340,8 @@ mod tests {
         );
         assert!(body.contains("protocol=\"3.1.1\""), "{body}");
         for code in REFUSAL_CODES {
-            let line = format!(
-                "{CONNECTS}{{protocol=\"5.0\",result=\"refused\",code=\"{code}\"}} "
-            );
+            let line =
+                format!("{CONNECTS}{{protocol=\"5.0\",result=\"refused\",code=\"{code}\"}} ");
             assert!(body.contains(&line), "{line} missing:\n{body}");
         }
         assert!(body.contains(&format!(

@@ -240,7 +240,8 @@ async fn serve_socket(
             Box::pin(async move {
                 let started = Instant::now();
                 let mut ctx = ctx;
-                match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream)).await {
+                match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream)).await
+                {
                     Ok(Ok(tls_stream)) => {
                         if tls.identity_as_username {
                             ctx.identity = crate::tls::peer_identity(tls_stream.get_ref().1);

@@ -10,7 +10,9 @@ use std::sync::Arc;
 
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::pem::{self, PemObject};
-use tokio_rustls::rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use tokio_rustls::rustls::pki_types::{
+    CertificateDer, CertificateRevocationListDer, PrivateKeyDer,
+};
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
 
 use crate::auth::PeerIdentity;
@@ -168,11 +170,9 @@ pub fn acceptor(listener: &str, config: &TlsConfig) -> Result<tokio_rustls::TlsA
                     .with_crls(load_crls(listener, crl)?)
                     .only_check_end_entity_revocation();
             }
-            let verifier = verifier
-                .build()
-                .map_err(|e| {
-                    key_error(listener, "client_ca", format!("{}: {e}", ca_path.display()))
-                })?;
+            let verifier = verifier.build().map_err(|e| {
+                key_error(listener, "client_ca", format!("{}: {e}", ca_path.display()))
+            })?;
             builder.with_client_cert_verifier(verifier)
         }
     };

@@ -189,12 +189,12 @@ async fn wrong_passwords_are_refused_and_counted_as_aborted() {
             .await,
         3.0
     );
-    assert_eq!(
-        broker
-            .metric("brokk_connects_total{protocol=\"5.0\",result=\"refused\"}")
-            .await,
-        2.0
-    );
+    // Refusals carry their reason in a `code` label.
+    for code in ["bad_credentials", "not_authorized"] {
+        let series =
+            format!("brokk_connects_total{{protocol=\"5.0\",result=\"refused\",code=\"{code}\"}}");
+        assert_eq!(broker.metric(&series).await, 1.0, "{series}");
+    }
     broker.stop().await;
 }
 

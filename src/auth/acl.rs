@@ -86,9 +86,7 @@ impl SubscribeDecision {
             (
                 SubscribeDecision::Granted { check_each: a },
                 SubscribeDecision::Granted { check_each: b },
-            ) => SubscribeDecision::Granted {
-                check_each: a || b,
-            },
+            ) => SubscribeDecision::Granted { check_each: a || b },
             _ => SubscribeDecision::Denied,
         }
     }
@@ -137,7 +135,8 @@ impl Acl {
             Some(user) => self.users.get(user),
             None => Some(&self.anonymous),
         };
-        let dangerous = user.is_some_and(|u| u.contains(['+', '#'])) || client_id.contains(['+', '#']);
+        let dangerous =
+            user.is_some_and(|u| u.contains(['+', '#'])) || client_id.contains(['+', '#']);
         AclView {
             own,
             patterns: (!self.patterns.is_empty()).then_some(&self.patterns),
@@ -147,7 +146,13 @@ impl Acl {
     }
 
     /// One check: `topic` is a topic name for Read and Write, a filter for Subscribe.
-    pub fn allowed(&self, user: Option<&str>, client_id: &str, topic: &str, access: Access) -> bool {
+    pub fn allowed(
+        &self,
+        user: Option<&str>,
+        client_id: &str,
+        topic: &str,
+        access: Access,
+    ) -> bool {
         self.view(user, client_id).allowed(topic, access)
     }
 }
@@ -251,7 +256,11 @@ impl TopicGrants {
         let Ok(parsed) = crate::router::parse_filter(filter) else {
             return SubscribeDecision::Denied;
         };
-        if !self.trie.intersecting(parsed.filter, None).grants(Perm::READ) {
+        if !self
+            .trie
+            .intersecting(parsed.filter, None)
+            .grants(Perm::READ)
+        {
             return SubscribeDecision::Denied;
         }
         SubscribeDecision::Granted {

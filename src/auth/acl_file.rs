@@ -111,9 +111,9 @@ pub fn check_filter(filter: &str) -> Result<(), String> {
         Ok(parsed) if parsed.share_group.is_some() => Err(format!(
             "{filter:?}: a rule names topics, not a shared subscription"
         )),
-        Ok(_) if filter.split('/').count() > MAX_RULE_LEVELS => Err(format!(
-            "the topic has more than {MAX_RULE_LEVELS} levels"
-        )),
+        Ok(_) if filter.split('/').count() > MAX_RULE_LEVELS => {
+            Err(format!("the topic has more than {MAX_RULE_LEVELS} levels"))
+        }
         Ok(_) => Ok(()),
         Err(e) => Err(format!("invalid topic {filter:?}: {e}")),
     }
@@ -168,10 +168,7 @@ mod tests {
             vec![rule(Grant::Write, "a topic with spaces")]
         );
         assert!(rules.users["empty"].is_empty());
-        assert_eq!(
-            rules.patterns,
-            vec![rule(Grant::Write, "devices/%c/state")]
-        );
+        assert_eq!(rules.patterns, vec![rule(Grant::Write, "devices/%c/state")]);
     }
 
     #[test]

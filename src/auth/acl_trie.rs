@@ -70,12 +70,12 @@ impl Template {
         while let Some(at) = rest.find('%') {
             out.push_str(&rest[..at]);
             let tail = &rest[at..];
-            if tail.starts_with("%c") {
+            if let Some(after) = tail.strip_prefix("%c") {
                 out.push_str(subject.client_id);
-                rest = &tail[2..];
-            } else if tail.starts_with("%u") {
+                rest = after;
+            } else if let Some(after) = tail.strip_prefix("%u") {
                 out.push_str(subject.user?);
-                rest = &tail[2..];
+                rest = after;
             } else {
                 out.push('%');
                 rest = &tail[1..];
@@ -364,7 +364,10 @@ mod tests {
             !t.matching("$SYS/x", None).grants(Perm::WRITE),
             "# does not reach $SYS"
         );
-        assert!(t.matching("a//c", None).grants(R), "+ matches an empty level");
+        assert!(
+            t.matching("a//c", None).grants(R),
+            "+ matches an empty level"
+        );
     }
 
     #[test]
@@ -425,7 +428,11 @@ mod tests {
 
     #[test]
     fn templates_expand_per_subject() {
-        let t = trie(&[("devices/%c/#", R), ("users/%u/in", R), ("pre-%c-post/x", R)]);
+        let t = trie(&[
+            ("devices/%c/#", R),
+            ("users/%u/in", R),
+            ("pre-%c-post/x", R),
+        ]);
         let alice = Subject {
             user: Some("alice"),
             client_id: "dev1",

@@ -80,7 +80,11 @@ impl Authenticator {
         result
     }
 
-    async fn decide(&self, state: &Arc<AuthState>, request: &LoginRequest<'_>) -> Result<Login, Refusal> {
+    async fn decide(
+        &self,
+        state: &Arc<AuthState>,
+        request: &LoginRequest<'_>,
+    ) -> Result<Login, Refusal> {
         match request.identity {
             PeerIdentity::Certificate(name) => {
                 return Ok(Login::user(name, Credential::Certificate));
@@ -111,7 +115,9 @@ impl Authenticator {
         };
         let Some(passwords) = &state.passwords else {
             if state.jwt.is_some() && password.is_some() {
-                return Err(Refusal::BadCredentials("the password is not a token".to_string()));
+                return Err(Refusal::BadCredentials(
+                    "the password is not a token".to_string(),
+                ));
             }
             // Nothing to check the name against: anonymous, and the name is not trusted.
             return anonymous(state, Credential::Unchecked);
@@ -122,7 +128,9 @@ impl Authenticator {
         let (checked_user, passwords) = (user.to_string(), passwords.clone());
         let verdict = self
             .gate
-            .run(request.peer.ip(), move || passwords.verify(&checked_user, &password))
+            .run(request.peer.ip(), move || {
+                passwords.verify(&checked_user, &password)
+            })
             .await;
         match verdict {
             Ok(Verdict::Verified { fingerprint }) => {
@@ -145,11 +153,7 @@ impl Authenticator {
         match &login.credential {
             Credential::Anonymous | Credential::Unchecked | Credential::Certificate => true,
             Credential::Password { fingerprint } => login.user.as_deref().is_some_and(|user| {
-                state
-                    .passwords
-                    .as_ref()
-                    .and_then(|p| p.fingerprint(user))
-                    == Some(*fingerprint)
+                state.passwords.as_ref().and_then(|p| p.fingerprint(user)) == Some(*fingerprint)
             }),
             Credential::Token(token) => state.jwt.as_ref().is_some_and(|jwt| {
                 jwt.verify_ignoring_expiry(token.as_bytes())

@@ -78,9 +78,11 @@ impl AuthContext {
     }
 
     fn acl_allows(&self, topic: &str, access: Access) -> bool {
-        let file = self.state.acl.as_ref().is_none_or(|acl| {
-            acl.allowed(self.user(), &self.client_id, topic, access)
-        });
+        let file = self
+            .state
+            .acl
+            .as_ref()
+            .is_none_or(|acl| acl.allowed(self.user(), &self.client_id, topic, access));
         file && self.grants().is_none_or(|g| g.allowed(topic, access))
     }
 
@@ -122,10 +124,16 @@ impl AuthContext {
 
     /// v5 re-authentication with a fresh token: same user, new deadline (and grants). On
     /// failure the connection is to be closed (the old token stays in force until then).
-    pub fn reauthenticate(&mut self, auth: &Authenticator, token: &[u8]) -> Result<SystemTime, Refusal> {
+    pub fn reauthenticate(
+        &mut self,
+        auth: &Authenticator,
+        token: &[u8],
+    ) -> Result<SystemTime, Refusal> {
         let state = auth.state();
         let Some(jwt) = &state.jwt else {
-            return Err(Refusal::BadCredentials("tokens are not configured".to_string()));
+            return Err(Refusal::BadCredentials(
+                "tokens are not configured".to_string(),
+            ));
         };
         let verified = jwt
             .verify(token)

@@ -232,7 +232,10 @@ mod tests {
         std::fs::write(&file, format!("{bob}\n")).unwrap();
         passwd_set(&file, "alice", "one").unwrap();
         let text = std::fs::read_to_string(&file).unwrap();
-        assert!(text.starts_with(&format!("{bob}\nalice:$argon2id$")), "{text}");
+        assert!(
+            text.starts_with(&format!("{bob}\nalice:$argon2id$")),
+            "{text}"
+        );
         assert!(ok(&load(&file), "bob", "builder"));
         passwd_set(&file, "bob", "new").unwrap();
         let passwords = load(&file);

@@ -11,13 +11,14 @@
 //! from `mosquitto_passwd`, 64-byte hashes, standard base64 with padding. Other salt lengths are
 //! accepted so files from other tools that follow the same scheme also load.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::path::Path;
 
-use argon2::password_hash::phc::PasswordHash as Phc;
-use argon2::password_hash::{PasswordHasher, PasswordVerifier};
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::password_hash::PasswordHasher;
+use argon2::password_hash::phc::{Output, ParamsString, PasswordHash as Phc, Salt};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use base64::Engine;
 use subtle::ConstantTimeEq;
 
@@ -118,9 +119,7 @@ impl PasswordHash {
     /// Whether `password` matches. The final comparison is constant-time.
     pub fn verify(&self, password: &[u8]) -> bool {
         match self {
-            PasswordHash::Argon2(phc) => Argon2::default()
-                .verify_password(password, phc.as_ref())
-                .is_ok(),
+            PasswordHash::Argon2(phc) => verify_argon2(phc, password),
             PasswordHash::Pbkdf2Sha512 {
                 iterations,
                 salt,
@@ -153,18 +152,17 @@ impl PasswordHash {
     }
 
     /// A hash of the same kind and cost that no password matches: what an unknown user is
-    /// checked against, so that the time to refuse does not tell which users exist.
+    /// checked against, so that the time to refuse does not tell which users exist. Nothing is
+    /// hashed to make it: a random salt and an all-zero digest do.
     fn decoy(&self) -> Result<PasswordHash, String> {
         let salt = random_salt()?;
         Ok(match self {
             PasswordHash::Argon2(phc) => {
-                let params = Params::try_from(phc.as_ref())
-                    .map_err(|e| format!("argon2 parameters: {e}"))?;
-                let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
-                let hash = argon2
-                    .hash_password_with_salt(b"brokk: no such user", &salt)
-                    .map_err(|e| format!("cannot compute a hash: {e}"))?;
-                PasswordHash::Argon2(Box::new(hash))
+                let length = phc.hash.as_ref().map_or(32, |h| h.len());
+                let mut decoy = (**phc).clone();
+                decoy.salt = Some(Salt::new(&salt).map_err(|e| e.to_string())?);
+                decoy.hash = Some(Output::new(&vec![0; length]).map_err(|e| e.to_string())?);
+                PasswordHash::Argon2(Box::new(decoy))
             }
             PasswordHash::Pbkdf2Sha512 { iterations, .. } => PasswordHash::Pbkdf2Sha512 {
                 iterations: *iterations,
@@ -177,6 +175,63 @@ impl PasswordHash {
             },
         })
     }
+
+    /// The decoy of a file with no entries: argon2id with brokk's parameters.
+    fn argon2_decoy() -> Result<PasswordHash, String> {
+        let params = Params::new(ARGON2_M_COST_KIB, ARGON2_T_COST, ARGON2_P_COST, None)
+            .map_err(|e| e.to_string())?;
+        let template = Phc {
+            algorithm: Algorithm::Argon2id.ident(),
+            version: Some(Version::V0x13.into()),
+            params: ParamsString::try_from(&params).map_err(|e| e.to_string())?,
+            salt: None,
+            hash: None,
+        };
+        PasswordHash::Argon2(Box::new(template)).decoy()
+    }
+}
+
+thread_local! {
+    /// Argon2's working memory, kept by each thread that checks passwords and reused by its
+    /// next check. Allocated per check (as the argon2 crate's own verifier does), two threads
+    /// doing 19 MiB checks grew RSS to 420 MiB: glibc reuses freed 64-byte-aligned blocks of
+    /// that size poorly. Kept, a thread holds its largest check's memory and no more (19 MiB
+    /// for argon2's default parameters, 7 MiB for brokk's), and the login gate runs checks on
+    /// one thread per core.
+    static ARGON2_MEMORY: RefCell<Vec<Block>> = const { RefCell::new(Vec::new()) };
+}
+
+/// An argon2 PHC hash checked with this thread's reusable memory; the comparison is
+/// constant-time.
+fn verify_argon2(phc: &Phc, password: &[u8]) -> bool {
+    let (Some(salt), Some(expected)) = (&phc.salt, &phc.hash) else {
+        return false;
+    };
+    let Ok(algorithm) = Algorithm::try_from(phc.algorithm.as_str()) else {
+        return false;
+    };
+    let version = match phc.version {
+        Some(version) => Version::try_from(version),
+        None => Ok(Version::default()),
+    };
+    let (Ok(version), Ok(params)) = (version, Params::try_from(phc)) else {
+        return false;
+    };
+    let blocks = params.block_count();
+    let argon2 = Argon2::new(algorithm, version, params);
+    let mut output = [0u8; 64];
+    let Some(out) = output.get_mut(..expected.len()) else {
+        return false;
+    };
+    let computed = ARGON2_MEMORY.with_borrow_mut(|memory| {
+        if memory.len() < blocks {
+            memory.resize(blocks, Block::new());
+        }
+        argon2
+            .hash_password_into_with_memory(password, salt, &mut *out, &mut memory[..blocks])
+            .is_ok()
+    });
+    computed && bool::from(out.ct_eq(expected.as_bytes()))
 }
 
 fn random_salt() -> Result<[u8; 16], String> {
@@ -244,8 +299,7 @@ impl PasswordFile {
     pub fn load(path: &Path) -> Result<PasswordFile, AuthError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| AuthError::file("auth.password_file", path, e.to_string()))?;
-        PasswordFile::parse(&text)
-            .map_err(|why| AuthError::file("auth.password_file", path, why))
+        PasswordFile::parse(&text).map_err(|why| AuthError::file("auth.password_file", path, why))
     }
 
     /// Parses a file's text; the error names the line.
@@ -264,9 +318,7 @@ impl PasswordFile {
         }
         let decoy = match first {
             Some(hash) => hash.decoy()?,
-            None => new_hash(b"brokk: no such user")
-                .map(|phc| PasswordHash::Argon2(Box::new(phc)))
-                .map_err(|e| e.to_string())?,
+            None => PasswordHash::argon2_decoy()?,
         };
         Ok(PasswordFile { users, decoy })
     }
@@ -373,9 +425,25 @@ carol:$7$101$rwKl5kwNqRQ5WLZd$j0SdyIgx6rgQ41QOksHsA92XZLAXu35U7jBYeSdU7NKF9oqMNl
             file.users["alice"].hash,
             PasswordHash::Pbkdf2Sha512 { iterations, ref salt, .. } if iterations.get() == 101 && salt.len() == 12
         ));
-        assert!(matches!(file.users["bob"].hash, PasswordHash::Sha512 { .. }));
+        assert!(matches!(
+            file.users["bob"].hash,
+            PasswordHash::Sha512 { .. }
+        ));
         // The decoy for unknown users follows the first entry's kind and cost.
-        assert!(matches!(file.decoy, PasswordHash::Pbkdf2Sha512 { iterations, .. } if iterations.get() == 101));
+        assert!(
+            matches!(file.decoy, PasswordHash::Pbkdf2Sha512 { iterations, .. } if iterations.get() == 101)
+        );
+        let argon2 = PasswordFile::parse(&format!("u:{}\n", new_hash(b"x").unwrap())).unwrap();
+        let PasswordHash::Argon2(decoy) = &argon2.decoy else {
+            panic!("an argon2 decoy");
+        };
+        assert!(
+            decoy
+                .to_string()
+                .starts_with("$argon2id$v=19$m=7168,t=5,p=1$"),
+            "{decoy}"
+        );
+        assert!(!argon2.decoy.verify(b"x"), "the decoy matches no password");
     }
 
     #[test]
@@ -441,7 +509,15 @@ carol:$7$101$rwKl5kwNqRQ5WLZd$j0SdyIgx6rgQ41QOksHsA92XZLAXu35U7jBYeSdU7NKF9oqMNl
         let file = PasswordFile::parse("# nobody yet\n").unwrap();
         assert!(file.is_empty());
         assert!(!verified(&file, "alice", "x"));
-        assert!(matches!(file.decoy, PasswordHash::Argon2(_)));
+        let PasswordHash::Argon2(decoy) = &file.decoy else {
+            panic!("an argon2 decoy");
+        };
+        assert!(
+            decoy
+                .to_string()
+                .starts_with("$argon2id$v=19$m=7168,t=5,p=1$"),
+            "{decoy}"
+        );
     }
 
     #[test]

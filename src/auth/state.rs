@@ -118,8 +118,10 @@ mod tests {
     use crate::auth::passwords::new_hash;
 
     fn state(dir: &std::path::Path, passwd: &str, acl: Option<&str>) -> AuthState {
-        let mut config = AuthConfig::default();
-        config.password_file = dir.join("passwd");
+        let mut config = AuthConfig {
+            password_file: dir.join("passwd"),
+            ..AuthConfig::default()
+        };
         std::fs::write(&config.password_file, passwd).unwrap();
         if let Some(acl) = acl {
             config.acl_file = dir.join("acl");
@@ -131,10 +133,22 @@ mod tests {
     #[test]
     fn report_names_removed_and_changed_users() {
         let dir = tempfile::tempdir().unwrap();
-        let (a, b, c) = (new_hash(b"a").unwrap(), new_hash(b"b").unwrap(), new_hash(b"c").unwrap());
-        let old = state(dir.path(), &format!("alice:{a}\nbob:{b}\ncarol:{c}\n"), None);
+        let (a, b, c) = (
+            new_hash(b"a").unwrap(),
+            new_hash(b"b").unwrap(),
+            new_hash(b"c").unwrap(),
+        );
+        let old = state(
+            dir.path(),
+            &format!("alice:{a}\nbob:{b}\ncarol:{c}\n"),
+            None,
+        );
         let b2 = new_hash(b"b").unwrap();
-        let new = state(dir.path(), &format!("alice:{a}\nbob:{b2}\ndave:{c}\n"), Some("topic #\n"));
+        let new = state(
+            dir.path(),
+            &format!("alice:{a}\nbob:{b2}\ndave:{c}\n"),
+            Some("topic #\n"),
+        );
         let report = ReloadReport::between(&old, &new);
         assert_eq!(report.removed_users, BTreeSet::from(["carol".to_string()]));
         assert_eq!(report.changed_users, BTreeSet::from(["bob".to_string()]));
@@ -148,10 +162,15 @@ mod tests {
     #[test]
     fn load_errors_name_the_key() {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = AuthConfig::default();
-        config.acl_file = dir.path().join("acl");
+        let config = AuthConfig {
+            acl_file: dir.path().join("acl"),
+            ..AuthConfig::default()
+        };
         std::fs::write(&config.acl_file, "topic bogus a b\n").unwrap();
         let e = AuthState::load(&config, 1).unwrap_err().to_string();
-        assert!(e.starts_with("auth.acl_file ") && e.contains("line 1"), "{e}");
+        assert!(
+            e.starts_with("auth.acl_file ") && e.contains("line 1"),
+            "{e}"
+        );
     }
 }

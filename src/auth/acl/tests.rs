@@ -59,7 +59,13 @@ fn allow_deny_table() {
         (bob, "b1", "bob/public", Write, false),
         // `#` rules do not reach `$` topics; `$` rules do.
         (bob, "b1", "$SYS/broker/load", Read, false),
-        (alice, "a1", "$SYS/broker/connection/alice/state", Write, true),
+        (
+            alice,
+            "a1",
+            "$SYS/broker/connection/alice/state",
+            Write,
+            true,
+        ),
         // Patterns: %c and %u, for every client, after its own rules.
         (carol, "dev7", "clients/dev7/telemetry", Write, true),
         (carol, "dev7", "clients/dev8/telemetry", Write, false),
@@ -126,7 +132,8 @@ fn subscribe_decisions() {
     assert_eq!(bob.subscribe("$SYS/#"), SubscribeDecision::Denied);
     // Write-only rules do not grant a subscription.
     assert_eq!(
-        acl.view(Some("carol"), "dev7").subscribe("users/carol/out/dev7"),
+        acl.view(Some("carol"), "dev7")
+            .subscribe("users/carol/out/dev7"),
         SubscribeDecision::Denied
     );
     // Patterns decide after own rules.
@@ -135,12 +142,16 @@ fn subscribe_decisions() {
         granted(true)
     );
     assert_eq!(
-        acl.view(Some("carol"), "dev7").subscribe("clients/dev7/locked"),
+        acl.view(Some("carol"), "dev7")
+            .subscribe("clients/dev7/locked"),
         SubscribeDecision::Denied
     );
     // Shared subscriptions are judged by their filter.
     assert_eq!(anon.subscribe("$share/g/public/#"), granted(false));
-    assert_eq!(anon.subscribe("$share/g/private/#"), SubscribeDecision::Denied);
+    assert_eq!(
+        anon.subscribe("$share/g/private/#"),
+        SubscribeDecision::Denied
+    );
     assert_eq!(anon.subscribe("bad/#/filter"), SubscribeDecision::Denied);
 }
 
@@ -149,7 +160,10 @@ fn paho_subscribe_failure_acl() {
     // The ACL the interoperability suite uses for Paho's test_subscribe_failure.
     let acl = acl("topic readwrite #\ntopic deny test/nosubscribe\n");
     let view = acl.view(None, "paho");
-    assert_eq!(view.subscribe("test/nosubscribe"), SubscribeDecision::Denied);
+    assert_eq!(
+        view.subscribe("test/nosubscribe"),
+        SubscribeDecision::Denied
+    );
     assert!(view.subscribe("test/other").is_granted());
     assert!(!view.allowed("test/nosubscribe", Write));
 }
@@ -222,5 +236,8 @@ fn thousands_of_rules_stay_fast() {
         "{checks} checks took {elapsed:?}"
     );
     let per_check = elapsed / checks as u32;
-    eprintln!("{checks} checks over {} rules: {per_check:?} each", acl.rule_count());
+    eprintln!(
+        "{checks} checks over {} rules: {per_check:?} each",
+        acl.rule_count()
+    );
 }

@@ -76,7 +76,10 @@ async fn passwords_and_anonymous_access() {
 async fn a_name_with_nothing_to_check_it_is_not_trusted() {
     let auth = Authenticator::from_config(&AuthConfig::default()).unwrap();
     let login = login(&auth, Some("admin"), Some("x")).await.unwrap();
-    assert_eq!(login.user, None, "an unchecked name gets the anonymous rules");
+    assert_eq!(
+        login.user, None,
+        "an unchecked name gets the anonymous rules"
+    );
     assert_eq!(login.credential, Credential::Unchecked);
     let closed = Authenticator::from_config(&AuthConfig {
         allow_anonymous: false,
@@ -114,7 +117,10 @@ async fn tokens_log_in_until_they_expire() {
 
     let expired = key.sign(&json!({"sub": "tom", "exp": now() - 1}));
     let refusal = login(&auth, Some("tom"), Some(&expired)).await.unwrap_err();
-    assert_eq!(refusal, Refusal::BadCredentials("token expired".to_string()));
+    assert_eq!(
+        refusal,
+        Refusal::BadCredentials("token expired".to_string())
+    );
     // Passwords still work beside tokens.
     assert!(login(&auth, Some("alice"), Some("right")).await.is_ok());
 
@@ -184,7 +190,10 @@ async fn reload_swaps_rules_and_reports_who_is_gone() {
     // A broken file: the rules in force stay, bob still logs in.
     std::fs::write(&passwd, "garbage line\n").unwrap();
     let e = auth.reload().unwrap_err().to_string();
-    assert!(e.starts_with("auth.password_file ") && e.contains("line 1"), "{e}");
+    assert!(
+        e.starts_with("auth.password_file ") && e.contains("line 1"),
+        "{e}"
+    );
     assert_eq!(auth.state().generation, 2);
     assert!(login(&auth, Some("bob"), Some("two")).await.is_ok());
 
@@ -193,7 +202,10 @@ async fn reload_swaps_rules_and_reports_who_is_gone() {
     passwd_set(&passwd, "bob", "two").unwrap();
     let report = auth.reload().unwrap();
     assert!(report.revokes("alice"));
-    assert!(report.revokes("bob"), "bob's line was rewritten with a new salt");
+    assert!(
+        report.revokes("bob"),
+        "bob's line was rewritten with a new salt"
+    );
     assert!(!auth.still_accepted(&alice));
     assert!(login(&auth, Some("alice"), Some("right")).await.is_err());
 }

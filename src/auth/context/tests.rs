@@ -66,7 +66,10 @@ async fn checks_follow_the_acl() {
         alice.may_subscribe("alice/#"),
         SubscribeDecision::Granted { check_each: true }
     );
-    assert_eq!(alice.may_subscribe("alice/secret"), SubscribeDecision::Denied);
+    assert_eq!(
+        alice.may_subscribe("alice/secret"),
+        SubscribeDecision::Denied
+    );
     // $SYS is the broker's, whatever the ACL grants.
     assert!(!alice.may_publish("$SYS/broker/x"));
     assert!(alice.may_receive("$SYS/broker/x"));
@@ -101,7 +104,10 @@ async fn token_grants_narrow_the_acl() {
         "acl": {"publish": ["alice/out/#"], "subscribe": ["alice/in/+"]}}));
     let ctx = context(&setup, Some("alice"), &token, "a1").await;
     assert!(ctx.may_publish("alice/out/1"));
-    assert!(!ctx.may_publish("alice/notes"), "the file allows it, the token does not");
+    assert!(
+        !ctx.may_publish("alice/notes"),
+        "the file allows it, the token does not"
+    );
     assert!(ctx.may_receive("alice/in/1"));
     assert_eq!(
         ctx.may_subscribe("alice/in/+"),
@@ -115,9 +121,16 @@ async fn refresh_sees_new_rules_and_revocations() {
     let setup = setup();
     let mut alice = context(&setup, Some("alice"), "pw", "a1").await;
     assert_eq!(alice.refresh(&setup.auth), Refresh::Unchanged);
-    std::fs::write(setup.dir.path().join("acl"), "user alice\ntopic write other/#\n").unwrap();
+    std::fs::write(
+        setup.dir.path().join("acl"),
+        "user alice\ntopic write other/#\n",
+    )
+    .unwrap();
     setup.auth.reload().unwrap();
-    assert!(alice.may_publish("alice/notes"), "the old snapshot until refreshed");
+    assert!(
+        alice.may_publish("alice/notes"),
+        "the old snapshot until refreshed"
+    );
     assert_eq!(alice.refresh(&setup.auth), Refresh::Updated);
     assert!(!alice.may_publish("alice/notes"));
     assert!(alice.may_publish("other/x"));
@@ -145,5 +158,9 @@ async fn reauthentication_moves_the_deadline() {
     );
     let expired = setup.key.sign(&json!({"sub": "tom", "exp": now() - 1}));
     assert!(tom.reauthenticate(&setup.auth, expired.as_bytes()).is_err());
-    assert_eq!(tom.expires_at(), Some(moved), "a failed renewal changes nothing");
+    assert_eq!(
+        tom.expires_at(),
+        Some(moved),
+        "a failed renewal changes nothing"
+    );
 }

@@ -19,7 +19,10 @@ fn blocker() -> (mpsc::Sender<()>, impl FnOnce() -> u32 + Send + 'static) {
 /// Runs a blocker on `gate` and returns once a gate thread is busy with it.
 async fn occupy(
     gate: &Arc<Gate<u32>>,
-) -> (mpsc::Sender<()>, tokio::task::JoinHandle<Result<u32, GateError>>) {
+) -> (
+    mpsc::Sender<()>,
+    tokio::task::JoinHandle<Result<u32, GateError>>,
+) {
     let (release, task) = blocker();
     let (started_tx, started) = oneshot::channel();
     let gate = gate.clone();
@@ -77,9 +80,9 @@ async fn a_full_queue_refuses_at_once() {
     let mut queued = Vec::new();
     for _ in 0..2 {
         let gate = gate.clone();
-        queued.push(tokio::spawn(async move {
-            gate.run(ip("10.0.0.1"), || 1).await
-        }));
+        queued.push(tokio::spawn(
+            async move { gate.run(ip("10.0.0.1"), || 1).await },
+        ));
     }
     until_waiting(&gate, 2).await;
     assert_eq!(
@@ -230,6 +233,9 @@ fn sources_group_ipv6_by_64() {
         Source::of(ip("2001:db8:1:2::1")),
         Source::of(ip("2001:db8:1:3::1"))
     );
-    assert_eq!(Source::of(ip("::ffff:10.0.0.1")), Source::of(ip("10.0.0.1")));
+    assert_eq!(
+        Source::of(ip("::ffff:10.0.0.1")),
+        Source::of(ip("10.0.0.1"))
+    );
     assert_ne!(Source::of(ip("10.0.0.1")), Source::of(ip("10.0.0.2")));
 }

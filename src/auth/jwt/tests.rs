@@ -32,7 +32,11 @@ impl TestKey {
                     .collect();
                 let mut on_disk = secret.clone();
                 on_disk.push(b'\n'); // as `echo` writes it
-                (EncodingKey::from_secret(&secret).unwrap(), on_disk, Algorithm::HS256)
+                (
+                    EncodingKey::from_secret(&secret).unwrap(),
+                    on_disk,
+                    Algorithm::HS256,
+                )
             }
             JwtAlgorithm::Rs256 => {
                 use rsa::pkcs1::EncodeRsaPrivateKey;
@@ -90,7 +94,11 @@ pub(crate) fn now() -> u64 {
 
 #[test]
 fn every_algorithm_accepts_its_own_tokens_and_refuses_others() {
-    for algorithm in [JwtAlgorithm::Hs256, JwtAlgorithm::Rs256, JwtAlgorithm::Es256] {
+    for algorithm in [
+        JwtAlgorithm::Hs256,
+        JwtAlgorithm::Rs256,
+        JwtAlgorithm::Es256,
+    ] {
         let key = TestKey::new(algorithm);
         let other = TestKey::new(algorithm);
         let verifier = key.verifier();
@@ -204,7 +212,12 @@ fn acl_claim_grants_topics() {
     let key = TestKey::new(JwtAlgorithm::Hs256);
     let token = key.sign(&json!({"sub": "a", "exp": now() + 60,
         "acl": {"publish": ["out/a/#"], "subscribe": ["in/a/+"]}}));
-    let grants = key.verifier().verify(token.as_bytes()).unwrap().grants.unwrap();
+    let grants = key
+        .verifier()
+        .verify(token.as_bytes())
+        .unwrap()
+        .grants
+        .unwrap();
     assert!(grants.allowed("out/a/x/y", Access::Write));
     assert!(!grants.allowed("out/b", Access::Write));
     assert!(grants.allowed("in/a/x", Access::Read));
@@ -227,7 +240,10 @@ fn key_files_are_checked_at_load() {
         .map_err(|e| e.to_string())
     };
     let e = load(JwtAlgorithm::Hs256, "\n").unwrap_err();
-    assert!(e.starts_with("auth.jwt.key_file ") && e.contains("empty"), "{e}");
+    assert!(
+        e.starts_with("auth.jwt.key_file ") && e.contains("empty"),
+        "{e}"
+    );
     let e = load(JwtAlgorithm::Rs256, "not pem").unwrap_err();
     assert!(e.contains("RSA public key"), "{e}");
     let e = load(JwtAlgorithm::Es256, "not pem").unwrap_err();
@@ -238,7 +254,10 @@ fn key_files_are_checked_at_load() {
     })
     .unwrap_err()
     .to_string();
-    assert!(missing.starts_with("auth.jwt.key_file /nonexistent/key:"), "{missing}");
+    assert!(
+        missing.starts_with("auth.jwt.key_file /nonexistent/key:"),
+        "{missing}"
+    );
     assert!(JwtVerifier::load(&JwtConfig::default()).unwrap().is_none());
 }
 
