@@ -12,7 +12,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{oneshot, watch};
 
-use crate::auth::AuthResult;
+use crate::auth::{LoginRequest, PeerIdentity};
 use crate::broker::Broker;
 use crate::close::{CloseReason, InvalidKind};
 use crate::logsafe::LogId;
@@ -55,6 +55,8 @@ pub struct ConnectionContext {
     /// Accepted past `max_connections`: read the CONNECT, refuse it, close.
     pub over_limit: bool,
     pub shutdown: watch::Receiver<bool>,
+    /// The user a TLS client certificate names (`identity_as_username` listeners).
+    pub identity: PeerIdentity,
 }
 
 /// Serves one MQTT connection to its end (any stream: TLS, an in-memory duplex, ...).
@@ -105,7 +107,7 @@ where
             Box::pin(conn.finish(io, reason, started)).await;
         }
         Err(refused) => {
-            broker.stats_connect(refused.version, false);
+            crate::metrics::count_refused_connect(refused.version.label(), refused.code);
             let client_id = refused.client_id.as_deref();
             let why = Some(refused.why.as_str());
             Box::pin(close_unattached(
@@ -283,6 +285,8 @@ struct Refused {
     version: Version,
     client_id: Option<String>,
     why: String,
+    /// The v5 CONNACK reason code (the metrics' `code` label).
+    code: u8,
 }
 
 fn refuse<R, W>(
@@ -304,6 +308,7 @@ fn refuse<R, W>(
         version,
         client_id,
         why: why.to_string(),
+        code,
     }
 }
 
@@ -339,38 +344,22 @@ where
             "enhanced authentication is not supported",
         ));
     }
-    // Password hashes are slow on purpose: verify off the async workers.
-    let auth = if connect.username.is_some() {
-        let checker = broker.clone();
-        let (username, password) = (connect.username.clone(), connect.password.clone());
-        tokio::task::spawn_blocking(move || {
-            checker.auth.check(username.as_deref(), password.as_ref())
-        })
-        .await
-        .unwrap_or(AuthResult::NotAuthorized)
-    } else {
-        broker.auth.check(None, None)
-    };
-    match auth {
-        AuthResult::Allowed => {}
-        AuthResult::BadCredentials => {
-            return Err(refuse(
-                io,
-                version,
-                0x86,
-                Some(connect.client_id.clone()),
-                "bad user name or password",
-            ));
-        }
-        AuthResult::NotAuthorized => {
-            return Err(refuse(
-                io,
-                version,
-                0x87,
-                Some(connect.client_id.clone()),
-                "not authorized",
-            ));
-        }
+    // Password checks wait their turn in the login gate (bounded, fair between addresses).
+    let login = broker.auth.login(LoginRequest {
+        peer: ctx.peer,
+        username: connect.username.as_deref(),
+        password: connect.password.as_ref(),
+        identity: &ctx.identity,
+    });
+    if let Err(refusal) = login.await {
+        let (code, why) = (refusal.reason_code(), refusal.detail());
+        return Err(refuse(
+            io,
+            version,
+            code,
+            Some(connect.client_id.clone()),
+            &why,
+        ));
     }
     if let Some(will) = &connect.will
         && (router::validate_topic_name(&will.topic).is_err()
