@@ -405,7 +405,10 @@ async fn ending_a_session_with_many_subscriptions_does_not_stall_others() {
             during += 1;
         }
     }
-    assert!(during > 0, "no round trip completed while the removal was under way");
+    assert!(
+        during > 0,
+        "no round trip completed while the removal was under way"
+    );
     assert!(
         worst < Duration::from_secs(1),
         "a round trip took {worst:?} while the subscriptions were removed"

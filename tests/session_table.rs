@@ -220,7 +220,7 @@ async fn simultaneous_connects_leave_exactly_one_owner() {
             1,
             "round {round}: exactly one connection survives ({closed} closed)"
         );
-        let (connected, waiting) = broker.server().broker().registry.counts();
+        let (connected, waiting) = broker.server().broker().sessions.counts();
         assert_eq!(connected, 1, "round {round}: one connected session");
         assert_eq!(waiting, 0);
         // End the round's session for good (expiry 0 at DISCONNECT), so the next round
@@ -231,7 +231,7 @@ async fn simultaneous_connects_leave_exactly_one_owner() {
         last.send_packet(&Packet::Disconnect(bye)).await;
         last.until_closed().await;
         let deadline = Instant::now() + WAIT;
-        while !broker.server().broker().registry.is_empty() {
+        while !broker.server().broker().sessions.is_empty() {
             assert!(
                 Instant::now() < deadline,
                 "session removed after DISCONNECT"

@@ -5,6 +5,7 @@
 //! Each function panics (and so makes libFuzzer report a crash) when an invariant breaks.
 
 pub mod connection;
+pub mod router;
 pub mod seeds;
 
 use brokk::protocol::{self, DecodeError, Packet, Version};
