@@ -5,6 +5,7 @@
 //! - [`protocol`]: the wire (framing, codec, semantic checks); the only user of the codec crate.
 //! - [`close`]: [`close::CloseReason`], the one reason every connection ends with.
 //! - [`router`]: topic filters, the subscription index, shared groups, retained messages.
+//! - [`store_format`]: the records of the durable session store (encoding, checksums).
 //! - [`auth`], [`tls`], [`metrics`]: operations.
 
 pub mod auth;
@@ -20,4 +21,5 @@ pub mod registry;
 pub mod router;
 pub mod server;
 pub mod session;
+pub mod store_format;
 pub mod tls;
