@@ -75,7 +75,10 @@ fn main() {
             corrupt::check(engine(a(1)), Path::new(a(2)), a(3) == "--check-integrity")
         }
         _ => {
-            eprintln!("usage: store-eval all [throughput] [recovery] [crash] [corrupt]");
+            eprintln!(
+                "usage: store-eval all [throughput] [recovery] [crash] [corrupt] | report \
+                 | crash STORE TRIALS | corrupt STORE TRIALS [--check-integrity]"
+            );
             std::process::exit(2);
         }
     }
