@@ -10,6 +10,7 @@
 //! - [`close`]: [`close::CloseReason`], the one reason every connection ends with.
 //! - [`router`]: topic filters, the subscription index, shared groups, retained messages;
 //!   `routing`: the router as the broker shares it.
+//! - `sessions::store::record`: the records of the durable session store (encoding, checksums).
 //! - [`auth`], [`tls`], [`metrics`]: operations.
 #![forbid(unsafe_code)]
 

@@ -7,6 +7,7 @@
 pub mod connection;
 pub mod router;
 pub mod seeds;
+pub mod store_format;
 
 use brokk::protocol::{self, DecodeError, Packet, Version};
 use bytes::BytesMut;

@@ -1,5 +1,6 @@
 //! The seed corpus: small valid packets of every type for both versions, encoded with brokk's
-//! own encoder, and packet sequences for the connection target. `tests/replay.rs` writes
+//! own encoder, packet sequences for the connection target, and stored records of every kind
+//! for the store_format target. `tests/replay.rs` writes
 //! them to `corpus/<target>/` (when `BROKK_FUZZ_WRITE_SEEDS=1`) and checks they are current.
 
 use brokk::protocol::{
@@ -365,6 +366,7 @@ pub fn all() -> Vec<(&'static str, String, Vec<u8>)> {
         ),
     ));
     out.extend(router_seeds());
+    out.extend(crate::store_format::seeds());
     out
 }
 

@@ -16,6 +16,7 @@
 //! nothing to another process or node. In-process deadlines stay `tokio::time::Instant`.
 
 mod memory;
+pub mod record;
 
 use std::future::Future;
 use std::pin::Pin;
