@@ -1,4 +1,4 @@
-//! Metric names and help texts in one place (the names are fixed in CONTRACT.md), the
+//! Metric names and help texts in one place (the names are a documented interface: see the README), the
 //! process-wide Prometheus recorder, and the small HTTP server behind `GET /metrics`.
 //!
 //! The exporter's own HTTP listener is not used: [`serve`] takes an already bound socket, so

@@ -140,6 +140,28 @@ impl Connection {
         io.out.is_empty() && self.lease.state().inflight_len() == 0 && self.lease.queue().is_empty()
     }
 
+    /// Each pass of the loop: deliver what is queued, finish a drain, and judge the output
+    /// backlog. Back-pressure: a client that does not read its output is not read from either,
+    /// so what it sends (PINGREQ, QoS 1 PUBLISH, ...) cannot pile up answers here; if it
+    /// stays so for `write_timeout`, it is closed. Returns whether output is backlogged.
+    fn before_wait<R, W>(&mut self, io: &mut Io<R, W>, timers: &mut Timers) -> Result<bool, Close> {
+        if self.lease.queue().is_overflowed() {
+            return Err(CloseReason::MessageQueueLimitReached.into());
+        }
+        self.pump(&mut io.out);
+        if timers.drain_at.is_some() && self.drained(io) {
+            return Err(CloseReason::ServerShutdown.into());
+        }
+        let write_timeout = self.broker.config.limits.write_timeout;
+        let backlogged = io.out.len() >= WRITE_HIGH_WATER;
+        if !backlogged {
+            timers.stall_at = None;
+        } else if timers.stall_at.is_none() && !write_timeout.is_zero() {
+            timers.stall_at = Some(Instant::now() + write_timeout);
+        }
+        Ok(backlogged)
+    }
+
     pub async fn run<R, W>(&mut self, io: &mut Io<R, W>) -> Close
     where
         R: AsyncRead + Unpin,
@@ -153,7 +175,6 @@ impl Connection {
         {
             return close;
         }
-        let write_timeout = self.broker.config.limits.write_timeout;
         let mut timers = Timers::default();
         // One timer for every deadline, re-armed only when the earliest one moves.
         let mut armed = self.next_wake(&timers);
@@ -169,22 +190,10 @@ impl Connection {
         let queued = queue.notify().notified();
         tokio::pin!(queued);
         loop {
-            if queue.is_overflowed() {
-                return CloseReason::MessageQueueLimitReached.into();
-            }
-            self.pump(&mut io.out);
-            if timers.drain_at.is_some() && self.drained(io) {
-                return CloseReason::ServerShutdown.into();
-            }
-            // Back-pressure: a client that does not read its output is not read from either,
-            // so what it sends (PINGREQ, QoS 1 PUBLISH, ...) cannot pile up answers here; if
-            // it stays so for write_timeout, it is closed.
-            let backlogged = io.out.len() >= WRITE_HIGH_WATER;
-            if !backlogged {
-                timers.stall_at = None;
-            } else if timers.stall_at.is_none() && !write_timeout.is_zero() {
-                timers.stall_at = Some(Instant::now() + write_timeout);
-            }
+            let backlogged = match self.before_wait(io, &mut timers) {
+                Ok(backlogged) => backlogged,
+                Err(close) => return close,
+            };
             let next = self.next_wake(&timers);
             if next != armed {
                 armed = next;
