@@ -52,6 +52,10 @@ RUN groupadd --system --gid 10001 brokk && \
       --shell /usr/sbin/nologin brokk
 COPY --from=build /build/target/release/brokk /usr/local/bin/brokk
 COPY broker.toml /etc/brokk/broker.toml
+# The durable session store lives in a volume, writable by brokk's user.
+RUN mkdir -p /var/lib/brokk && chown 10001:10001 /var/lib/brokk
+ENV BROKK_STORAGE__PATH=/var/lib/brokk
+VOLUME /var/lib/brokk
 USER 10001:10001
 # MQTT, MQTT over TLS (when [listeners.tls] is configured), Prometheus metrics.
 EXPOSE 1883 8883 9883

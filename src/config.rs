@@ -18,7 +18,45 @@ pub struct Config {
     pub limits: Limits,
     pub session: SessionConfig,
     pub auth: AuthConfig,
+    pub storage: StorageConfig,
     pub log: LogConfig,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StorageBackend {
+    /// The embedded store on disk: persistent sessions and retained messages survive restarts.
+    Disk,
+    /// Nothing survives a restart.
+    Memory,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StorageSync {
+    /// A QoS 1/2 PUBLISH is acknowledged only once it is on disk (fsync).
+    Always,
+    /// The OS writes when it likes: survives `kill -9`, not a power cut.
+    Never,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    pub backend: StorageBackend,
+    /// The store's directory (relative: to the working directory).
+    pub path: PathBuf,
+    pub sync: StorageSync,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            backend: StorageBackend::Disk,
+            path: PathBuf::from("brokk-data"),
+            sync: StorageSync::Always,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -182,6 +220,7 @@ impl Default for Config {
             limits: Limits::default(),
             session: SessionConfig::default(),
             auth: AuthConfig::default(),
+            storage: StorageConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -368,6 +407,13 @@ impl Config {
             return Err(invalid(
                 "limits.max_subscriptions_per_client",
                 "must be at least 1",
+            ));
+        }
+        if self.storage.backend == StorageBackend::Disk && self.storage.path.as_os_str().is_empty()
+        {
+            return Err(invalid(
+                "storage.path",
+                "must not be empty with backend = \"disk\"",
             ));
         }
         validate_auth(&self.auth)
@@ -608,6 +654,8 @@ fn reword(key: &str, why: &str) -> String {
     {
         let expected = match key.rsplit('.').next() {
             Some("queue_full_policy") => " (expected disconnect, drop_oldest or drop_newest)",
+            Some("backend") => " (expected disk or memory)",
+            Some("sync") => " (expected always or never)",
             Some("format") => " (expected text or json)",
             Some("algorithm") => " (expected HS256, RS256 or ES256)",
             _ => "",

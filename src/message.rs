@@ -62,6 +62,34 @@ pub struct Delivery {
     /// subscription asked for Retain As Published.
     pub retain: bool,
     pub subscription_identifiers: Vec<u32>,
+    /// Its place in the session's queue (given by the queue).
+    pub seq: u64,
+    /// Whether its queue entry is in the durable store (a QoS 1/2 delivery to a persistent
+    /// session): its acknowledgement is recorded there too.
+    pub persisted: bool,
+    /// Read back from the store where it was in flight: resent with this packet id (PUBLISH
+    /// with DUP, or PUBREL) instead of sent anew.
+    pub resume: Option<(u16, crate::sessions::OutboundState)>,
+}
+
+impl Delivery {
+    /// A delivery of `message` at `qos`, not yet queued.
+    pub fn new(
+        message: Arc<Message>,
+        qos: QoS,
+        retain: bool,
+        subscription_identifiers: Vec<u32>,
+    ) -> Delivery {
+        Delivery {
+            message,
+            qos,
+            retain,
+            subscription_identifiers,
+            seq: 0,
+            persisted: false,
+            resume: None,
+        }
+    }
 }
 
 /// The message a will becomes when it is published (its expiry counted from now).

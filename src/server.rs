@@ -14,12 +14,15 @@ use tokio::task::JoinHandle;
 use crate::auth::{AuthError, Authenticator};
 use crate::broker::Broker;
 use crate::close::CloseReason;
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, StorageBackend, StorageConfig, StorageSync};
 use crate::connection::{self, ConnectionContext};
+use crate::sessions::store::{DiskStore, MemoryStore, SessionStore, disk::Sync as DiskSync};
 use crate::tls::TlsError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error("storage.path {path}: {why}")]
+    Store { path: String, why: String },
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
@@ -85,7 +88,9 @@ impl Server {
             None
         };
 
-        let broker = Arc::new(Broker::new(config, auth));
+        let store = open_store(&config.storage).await?;
+        let broker = Arc::new(Broker::with_store(config, auth, store.clone()));
+        restore(&broker, store).await?;
         let (drain_tx, drained_rx) = mpsc::channel(1);
         let mut listeners = Vec::new();
         let mut accept_tasks = Vec::new();
@@ -152,7 +157,73 @@ impl Server {
         {
             tracing::warn!("shutdown: connections still open after the drain deadline");
         }
+        // What the last connections changed is written before the process goes.
+        let store = self.broker.sessions.store().clone();
+        if tokio::task::spawn_blocking(move || store.close())
+            .await
+            .is_err()
+        {
+            tracing::error!("the store did not close cleanly");
+        }
     }
+}
+
+/// The store `[storage]` asks for: on disk (opened, or created), or in memory.
+async fn open_store(storage: &StorageConfig) -> Result<Arc<dyn SessionStore>, StartError> {
+    if storage.backend == StorageBackend::Memory {
+        return Ok(Arc::new(MemoryStore));
+    }
+    let (path, sync) = (storage.path.clone(), storage.sync);
+    let opened = tokio::task::spawn_blocking(move || {
+        let sync = match sync {
+            StorageSync::Always => DiskSync::Always,
+            StorageSync::Never => DiskSync::Never,
+        };
+        DiskStore::open(&path, sync)
+    })
+    .await;
+    match opened {
+        Ok(Ok(store)) => Ok(Arc::new(store)),
+        Ok(Err(error)) => Err(StartError::Store {
+            path: storage.path.display().to_string(),
+            why: error.to_string(),
+        }),
+        Err(error) => Err(StartError::Store {
+            path: storage.path.display().to_string(),
+            why: error.to_string(),
+        }),
+    }
+}
+
+/// Reads the store back and puts its sessions, retained messages and revoked users in place
+/// before any client is served.
+async fn restore(broker: &Arc<Broker>, store: Arc<dyn SessionStore>) -> Result<(), StartError> {
+    if !store.durable() {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    let recovered = tokio::task::spawn_blocking(move || store.recover())
+        .await
+        .map_err(|e| StartError::Store {
+            path: broker.config.storage.path.display().to_string(),
+            why: e.to_string(),
+        })?
+        .map_err(|e| StartError::Store {
+            path: broker.config.storage.path.display().to_string(),
+            why: e.to_string(),
+        })?;
+    let restored = broker.sessions.restore(recovered);
+    tracing::info!(
+        path = %broker.config.storage.path.display(),
+        sessions = restored.sessions,
+        queued = restored.queued,
+        retained = restored.retained,
+        lost = restored.lost,
+        revoked = restored.revoked.len(),
+        ms = started.elapsed().as_millis() as u64,
+        "store recovered"
+    );
+    Ok(())
 }
 
 /// Binds an MQTT listener with a deep accept backlog: a reconnect storm should wait in the

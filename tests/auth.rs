@@ -420,6 +420,7 @@ impl Binary {
         let mut child = Command::new(env!("CARGO_BIN_EXE_brokk"))
             .arg("--config")
             .arg(config)
+            .env("BROKK_STORAGE__BACKEND", "memory")
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

@@ -31,6 +31,8 @@ pub fn test_config() -> Config {
         },
     );
     config.metrics.bind = "127.0.0.1:0".parse().expect("addr");
+    // In memory unless a test asks for the disk store (and then in a temporary directory).
+    config.storage.backend = brokk::config::StorageBackend::Memory;
     // Tests that leave messages unacknowledged need not wait the production drain.
     config.limits.shutdown_drain = std::time::Duration::from_secs(1);
     config

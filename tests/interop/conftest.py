@@ -101,7 +101,8 @@ def _start_broker(tmp_path: Path, attempts: int = 3) -> Broker:
         config.write_text(
             f'[listeners.tcp]\nbind = "{host}:{port}"\n\n'
             f'[metrics]\nenabled = true\nbind = "{host}:{metrics_port}"\n\n'
-            '[limits]\nconnect_timeout = "5s"\n'
+            '[limits]\nconnect_timeout = "5s"\n\n'
+            f'[storage]\npath = "{tmp_path / f"store-{attempt}"}"\n'
         )
         log_path = tmp_path / f"brokk-{attempt}.log"
         log = open(log_path, "wb")

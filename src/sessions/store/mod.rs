@@ -180,6 +180,10 @@ pub struct LoadedQueue {
 pub trait SessionStore: Send + Sync + 'static {
     /// Whether anything survives a restart. When false, callers skip building changes.
     fn durable(&self) -> bool;
+    /// Whether a commit waits for the disk, so that acknowledgements wait for their commit.
+    fn waits(&self) -> bool {
+        false
+    }
     /// Takes a batch of changes, in order. The returned commit resolves once they are as
     /// durable as the store makes them.
     fn submit(&self, changes: Vec<Change>) -> Commit;
@@ -188,6 +192,8 @@ pub trait SessionStore: Send + Sync + 'static {
     fn load(&self, client_id: Arc<str>, from: u64, limit: usize) -> Load;
     /// Reads back everything stored (once, at start).
     fn recover(&self) -> Result<Recovered, StoreError>;
+    /// Writes what was submitted and lets go of the store (at shutdown).
+    fn close(&self) {}
 }
 
 /// The answer to [`SessionStore::load`].

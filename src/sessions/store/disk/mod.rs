@@ -76,6 +76,7 @@ enum Job {
 }
 
 pub struct DiskStore {
+    sync: Sync,
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     path: PathBuf,
@@ -99,6 +100,7 @@ impl DiskStore {
             .spawn(move || committer(dbs, outcome, sync, committer_path, rx))
             .map_err(|e| StoreError::Io(format!("cannot start the store thread: {e}")))?;
         Ok(DiskStore {
+            sync,
             jobs: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
             path: path.to_path_buf(),
@@ -115,7 +117,7 @@ impl DiskStore {
     }
 
     /// Commits what was submitted and stops the committer (also done on drop).
-    pub fn close(&self) {
+    pub fn shut(&self) {
         drop(self.jobs.lock().unwrap_or_else(|p| p.into_inner()).take());
         if let Some(thread) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take()
             && thread.join().is_err()
@@ -127,13 +129,17 @@ impl DiskStore {
 
 impl Drop for DiskStore {
     fn drop(&mut self) {
-        self.close();
+        self.shut();
     }
 }
 
 impl SessionStore for DiskStore {
     fn durable(&self) -> bool {
         true
+    }
+
+    fn waits(&self) -> bool {
+        self.sync == Sync::Always
     }
 
     fn submit(&self, changes: Vec<Change>) -> Commit {
@@ -157,6 +163,10 @@ impl SessionStore for DiskStore {
             reply,
         });
         Load(rx)
+    }
+
+    fn close(&self) {
+        self.shut();
     }
 
     fn recover(&self) -> Result<Recovered, StoreError> {
