@@ -475,7 +475,7 @@ where
         tracing::error!(%error, "CONNACK could not be encoded");
     }
     broker.stats_connect(version, true);
-    tracing::debug!(client_id = %client_id, peer = %ctx.peer, version = version.label(), session_present, "connected");
+    tracing::info!(client_id = %client_id, peer = %ctx.peer, protocol = version.label(), clean_start = connect.clean_start, keep_alive, user = connect.username.as_deref(), session_present, "client connected");
 
     let now = Instant::now();
     let keep_alive = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));

@@ -5,13 +5,15 @@
 //! - [`protocol`]: the wire (framing, codec, semantic checks); the only user of the codec crate.
 //! - [`close`]: [`close::CloseReason`], the one reason every connection ends with.
 //! - [`router`]: topic filters, the subscription index, shared groups, retained messages.
-//! - [`auth`], [`tls`], [`metrics`]: operations.
+//! - [`auth`], [`tls`], [`metrics`], [`logging`]: operations; [`server::preflight`] loads
+//!   everything a start needs (shared by `--check-config`).
 
 pub mod auth;
 pub mod broker;
 pub mod close;
 pub mod config;
 pub mod connection;
+pub mod logging;
 pub mod message;
 pub mod metrics;
 pub mod outbox;

@@ -297,11 +297,12 @@ async fn sigterm_disconnects_with_0x8b_and_exits_0() {
         .env("BROKK_LISTENERS__TCP__BIND", "127.0.0.1:0")
         .env("BROKK_METRICS__BIND", "127.0.0.1:0")
         .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("brokk starts");
-    let stdout = child.stdout.take().expect("stdout");
+    // Logs go to stderr.
+    let stdout = child.stderr.take().expect("stderr");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
