@@ -64,7 +64,7 @@ fn main() -> ExitCode {
         None => "built-in".to_string(),
     };
     tracing::info!(
-        version = env!("CARGO_PKG_VERSION"),
+        version = %env!("CARGO_PKG_VERSION"),
         config = %source,
         "brokk starting"
     );
