@@ -13,6 +13,7 @@ use metrics::{Counter, Gauge, counter, gauge};
 
 use crate::auth::Authenticator;
 use crate::config::Config;
+use crate::logsafe::LogId;
 use crate::message::{Delivery, Message};
 use crate::metrics as names;
 use crate::outbox::{Offer, Outbox};
@@ -22,6 +23,9 @@ use crate::router::{RetainedStore, Route, SubscriptionTable};
 use crate::session::Session;
 
 pub type Subscriptions = SubscriptionTable<Arc<Outbox>>;
+
+/// Subscriptions removed per lock of the index when a session ends.
+const REMOVE_CHUNK: usize = 256;
 pub type Retained = RetainedStore<Arc<Message>>;
 
 /// Metric handles registered once, so the per-message path does not look names up.
@@ -64,7 +68,8 @@ impl Stats {
 pub struct Broker {
     pub config: Config,
     pub registry: Registry,
-    subscriptions: RwLock<Subscriptions>,
+    /// Shared with background removals of large subscription sets.
+    subscriptions: Arc<RwLock<Subscriptions>>,
     retained: RwLock<Retained>,
     pub auth: Authenticator,
     pub stats: Stats,
@@ -80,7 +85,7 @@ impl Broker {
         Broker {
             config,
             registry: Registry::new(),
-            subscriptions: RwLock::new(SubscriptionTable::default()),
+            subscriptions: Arc::new(RwLock::new(SubscriptionTable::default())),
             retained: RwLock::new(RetainedStore::default()),
             auth,
             stats: Stats::new(),
@@ -157,7 +162,7 @@ impl Broker {
             };
             match route.handle.offer(delivery) {
                 Offer::Queued | Offer::NotQueuedOffline | Offer::Closed => {}
-                Offer::DroppedQueueFull => self.stats.dropped_queue_full.increment(1),
+                Offer::DroppedQueueFull(n) => self.stats.dropped_queue_full.increment(n as u64),
                 Offer::Overflowed => self.on_overflow(&route.client_id, &route.handle),
             }
         }
@@ -172,7 +177,7 @@ impl Broker {
     fn on_overflow(&self, client_id: &str, outbox: &Arc<Outbox>) {
         if let Some(session) = self.registry.discard_overflowed(client_id, outbox) {
             tracing::info!(
-                client_id,
+                client_id = %LogId(client_id),
                 reason = "message_queue_limit_reached",
                 "waiting session discarded: queue full"
             );
@@ -183,8 +188,8 @@ impl Broker {
     /// A session ended: its subscriptions leave the index, its queue is discarded, and a will
     /// still waiting for its delay fires now (the session ending comes first, MQTT 5.0
     /// §3.1.3.2.2).
-    pub fn end_session(&self, mut session: Box<Session>, outbox: &Outbox) {
-        self.remove_subscriptions(&session);
+    pub fn end_session(&self, mut session: Box<Session>, outbox: &Arc<Outbox>) {
+        self.remove_subscriptions_later(&session, outbox);
         outbox.close();
         if let Some(will) = session.will.take() {
             self.publish_will(will, &session.client_id);
@@ -194,20 +199,51 @@ impl Broker {
     /// A session ended while a new connection already owns its table entry (and so its
     /// outbox): the subscriptions go and the queue is emptied, but the outbox stays open for
     /// the new owner, who starts a fresh session on it.
-    pub fn end_session_in_place(&self, session: &Session, outbox: &Outbox) {
-        self.remove_subscriptions(session);
+    pub fn end_session_in_place(&self, session: &Session, outbox: &Arc<Outbox>) {
+        self.remove_subscriptions(session, outbox);
         outbox.clear();
     }
 
-    fn remove_subscriptions(&self, session: &Session) {
-        if !session.subscriptions.is_empty() {
+    /// Removes a session's subscriptions a chunk per lock, so a session with many of them
+    /// never holds the index against every publisher for long. Only entries that still point
+    /// at the session's `outbox` go: once the table entry is released, a new connection with
+    /// the same client id may subscribe to the same filter before this runs, and its
+    /// subscription must stay (it did not, and a clean session's own message was lost).
+    fn remove_subscriptions(&self, session: &Session, outbox: &Arc<Outbox>) {
+        let filters: Vec<&str> = session.subscriptions.keys().map(String::as_str).collect();
+        for chunk in filters.chunks(REMOVE_CHUNK) {
             let mut table = self.subscriptions_mut();
-            table.remove_client(
-                &session.client_id,
-                session.subscriptions.keys().map(String::as_str),
-            );
+            for filter in chunk {
+                table.unsubscribe_if(&session.client_id, filter, |h| Arc::ptr_eq(h, outbox));
+            }
             self.stats.subscriptions.set(table.len() as f64);
         }
+    }
+
+    /// For a session that has ended for good (its outbox is closed, so nothing more reaches
+    /// it): a large subscription set is removed by a background task that yields between
+    /// chunks, so the connection or publisher that ended the session is not held up and other
+    /// clients keep being served.
+    fn remove_subscriptions_later(&self, session: &Session, outbox: &Arc<Outbox>) {
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        let Some(runtime) = runtime.filter(|_| session.subscriptions.len() > REMOVE_CHUNK) else {
+            return self.remove_subscriptions(session, outbox);
+        };
+        let filters: Vec<String> = session.subscriptions.keys().cloned().collect();
+        let (table, gauge) = (self.subscriptions.clone(), self.stats.subscriptions.clone());
+        let (client_id, outbox) = (session.client_id.clone(), outbox.clone());
+        runtime.spawn(async move {
+            for chunk in filters.chunks(REMOVE_CHUNK) {
+                {
+                    let mut table = table.write().unwrap_or_else(|p| p.into_inner());
+                    for filter in chunk {
+                        table.unsubscribe_if(&client_id, filter, |h| Arc::ptr_eq(h, &outbox));
+                    }
+                    gauge.set(table.len() as f64);
+                }
+                tokio::task::yield_now().await;
+            }
+        });
     }
 
     pub fn publish_will(&self, will: Will, client_id: &str) {
@@ -216,15 +252,22 @@ impl Broker {
             .properties
             .message_expiry_interval
             .map(|secs| now + Duration::from_secs(u64::from(secs)));
+        let properties = match crate::protocol::encode_passthrough_properties(&will.properties) {
+            Ok(properties) => properties,
+            Err(error) => {
+                tracing::error!(client_id = %LogId(client_id), %error, "will properties could not be encoded; sent without them");
+                bytes::Bytes::new()
+            }
+        };
         let message = Arc::new(Message {
             topic: Arc::from(will.topic.as_str()),
             payload: will.payload,
             qos: will.qos,
             retain: will.retain,
-            properties: will.properties,
+            properties,
             expires_at,
         });
-        tracing::debug!(client_id, topic = %message.topic, "will published");
+        tracing::debug!(client_id = %LogId(client_id), topic = %LogId(&message.topic), "will published");
         self.publish(message, client_id);
     }
 
@@ -261,11 +304,72 @@ impl Broker {
                 return;
             };
             if let Some((session, outbox)) = broker.registry.expire(&client_id, generation) {
-                tracing::debug!(client_id = %client_id, "waiting session expired");
+                tracing::debug!(client_id = %LogId(&client_id), "waiting session expired");
                 broker.end_session(session, &outbox);
             }
         });
         self.registry
             .set_timer(&registered, generation, timer.abort_handle());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::QueueLimits;
+    use crate::protocol::Version;
+    use crate::router::SubscriptionOptions;
+
+    fn broker() -> Broker {
+        let config = Config::default();
+        let auth = Authenticator::from_config(&config.auth).expect("auth");
+        Broker::new(config, auth)
+    }
+
+    fn outbox() -> Arc<Outbox> {
+        Arc::new(Outbox::new(
+            QueueLimits::from_config(&Config::default().limits),
+            metrics::Gauge::noop(),
+        ))
+    }
+
+    /// A session's table entry is released before its subscriptions are removed; a new
+    /// connection with the same client id may subscribe to the same filter in between. Ending
+    /// the old session must leave the new subscription in place (it once removed it, and the
+    /// new clean session's own messages went nowhere).
+    #[test]
+    fn ending_a_session_leaves_its_successors_subscriptions() {
+        let broker = broker();
+        let id: Arc<str> = Arc::from("c");
+        let options = SubscriptionOptions {
+            qos: QoS::AtLeastOnce,
+            no_local: false,
+            retain_as_published: false,
+            subscription_identifier: None,
+        };
+        let (old, new) = (outbox(), outbox());
+        let mut session = Box::new(Session::new(id.clone(), Version::V5));
+        session
+            .subscriptions
+            .insert("t/#".to_string(), options.clone());
+        broker
+            .subscriptions_mut()
+            .subscribe(&id, old.clone(), "t/#", options.clone());
+        // The successor subscribes first (its handle replaces the old one)...
+        broker
+            .subscriptions_mut()
+            .subscribe(&id, new.clone(), "t/#", options);
+        // ...then the old session's end is processed.
+        broker.end_session(session, &old);
+        let message = Arc::new(Message {
+            topic: Arc::from("t/x"),
+            payload: bytes::Bytes::from_static(b"m"),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties: bytes::Bytes::new(),
+            expires_at: None,
+        });
+        broker.publish(message, "publisher");
+        assert_eq!(new.len(), 1, "the successor still receives");
     }
 }

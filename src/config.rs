@@ -47,6 +47,13 @@ pub struct TlsConfig {
     /// How long a TLS handshake may take before the socket is closed.
     #[serde(default = "default_handshake_timeout", with = "humantime_serde")]
     pub handshake_timeout: Duration,
+    /// The client certificate's Common Name is the user name (Mosquitto's
+    /// `use_identity_as_username`); needs `client_ca`.
+    #[serde(default)]
+    pub identity_as_username: bool,
+    /// PEM certificate revocation lists checked against client certificates; needs `client_ca`.
+    #[serde(default)]
+    pub crl: Option<PathBuf>,
 }
 
 fn default_handshake_timeout() -> Duration {
@@ -87,6 +94,17 @@ pub struct Limits {
     pub max_queue_depth: usize,
     pub max_queue_depth_disconnected: usize,
     pub queue_full_policy: QueueFullPolicy,
+    /// Bytes queued per connected session (payload, topic and properties of each message).
+    pub max_queue_bytes: usize,
+    /// The same while the session waits for its client.
+    pub max_queue_bytes_disconnected: usize,
+    /// Topic levels a topic name or filter may have (deeper ones are refused).
+    pub max_topic_levels: usize,
+    /// Subscriptions one session may hold.
+    pub max_subscriptions_per_client: usize,
+    /// Output the client does not read for this long closes the connection (0 = never).
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
     /// How long graceful shutdown waits for in-flight writes before closing sockets.
     #[serde(with = "humantime_serde")]
     pub shutdown_drain: Duration,
@@ -103,8 +121,41 @@ pub struct SessionConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     pub allow_anonymous: bool,
-    /// Empty = no password file.
+    /// Empty = no password file. brokk's argon2id lines and mosquitto_passwd's `$6$`/`$7$`.
     pub password_file: PathBuf,
+    /// Empty = no ACL (every client may publish and subscribe anywhere). Mosquitto's syntax.
+    pub acl_file: PathBuf,
+    /// Password checks waiting for a free core; beyond it a CONNECT is refused as server busy.
+    pub max_pending_auth: usize,
+    /// How long a password check may wait for a core before the CONNECT is refused.
+    #[serde(with = "humantime_serde")]
+    pub pending_timeout: Duration,
+    pub jwt: JwtConfig,
+}
+
+/// JWT signature algorithms brokk verifies.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+pub enum JwtAlgorithm {
+    #[serde(rename = "HS256")]
+    Hs256,
+    #[serde(rename = "RS256")]
+    Rs256,
+    #[serde(rename = "ES256")]
+    Es256,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct JwtConfig {
+    /// Empty = tokens off. HS256: the shared secret; RS256/ES256: the public key in PEM.
+    pub key_file: PathBuf,
+    pub algorithm: JwtAlgorithm,
+    /// The claim holding the user name.
+    pub username_claim: String,
+    /// When set, tokens must carry this `iss`.
+    pub issuer: String,
+    /// When set, tokens must carry this `aud`.
+    pub audience: String,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -165,6 +216,11 @@ impl Default for Limits {
             max_queue_depth: 1000,
             max_queue_depth_disconnected: 5000,
             queue_full_policy: QueueFullPolicy::Disconnect,
+            max_queue_bytes: 16 * 1024 * 1024,
+            max_queue_bytes_disconnected: 64 * 1024 * 1024,
+            max_topic_levels: 128,
+            max_subscriptions_per_client: 10_000,
+            write_timeout: Duration::from_secs(30),
             shutdown_drain: Duration::from_secs(5),
         }
     }
@@ -183,6 +239,22 @@ impl Default for AuthConfig {
         AuthConfig {
             allow_anonymous: true,
             password_file: PathBuf::new(),
+            acl_file: PathBuf::new(),
+            max_pending_auth: 256,
+            pending_timeout: Duration::from_secs(5),
+            jwt: JwtConfig::default(),
+        }
+    }
+}
+
+impl Default for JwtConfig {
+    fn default() -> Self {
+        JwtConfig {
+            key_file: PathBuf::new(),
+            algorithm: JwtAlgorithm::Hs256,
+            username_claim: "sub".to_string(),
+            issuer: String::new(),
+            audience: String::new(),
         }
     }
 }
@@ -231,12 +303,6 @@ impl Config {
     /// `max_queue_depth_disconnected` is deliberately not required to be >= `max_queue_depth`:
     /// an operator may well want offline sessions to hold less than live ones.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        fn invalid(key: &str, why: impl Into<String>) -> ConfigError {
-            ConfigError::Invalid {
-                key: key.to_string(),
-                why: why.into(),
-            }
-        }
         if self.listeners.is_empty() {
             return Err(invalid("listeners", "at least one listener is required"));
         }
@@ -251,19 +317,7 @@ impl Config {
                 ));
             }
             if let Some(tls) = &listener.tls {
-                let files = [("cert", Some(&tls.cert)), ("key", Some(&tls.key))];
-                let ca = [("client_ca", tls.client_ca.as_ref())];
-                for (field, file) in files.iter().chain(ca.iter()) {
-                    if let Some(file) = file {
-                        check_readable(&format!("listeners.{name}.tls.{field}"), file)?;
-                    }
-                }
-                if tls.handshake_timeout.is_zero() {
-                    return Err(invalid(
-                        &format!("listeners.{name}.tls.handshake_timeout"),
-                        "must be greater than 0",
-                    ));
-                }
+                validate_tls(name, tls)?;
             }
         }
         // Port 0 asks the system for a free port, so two such binds never clash.
@@ -307,15 +361,105 @@ impl Config {
         if limits.connect_timeout.is_zero() {
             return Err(invalid("limits.connect_timeout", "must be greater than 0"));
         }
+        if limits.max_queue_bytes == 0 {
+            return Err(invalid("limits.max_queue_bytes", "must be at least 1"));
+        }
+        if limits.max_queue_bytes_disconnected == 0 {
+            return Err(invalid(
+                "limits.max_queue_bytes_disconnected",
+                "must be at least 1",
+            ));
+        }
+        if !(1..=MAX_TOPIC_LEVELS).contains(&limits.max_topic_levels) {
+            return Err(invalid(
+                "limits.max_topic_levels",
+                format!("must be between 1 and {MAX_TOPIC_LEVELS}"),
+            ));
+        }
+        if limits.max_subscriptions_per_client == 0 {
+            return Err(invalid(
+                "limits.max_subscriptions_per_client",
+                "must be at least 1",
+            ));
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&self.log.level) {
             return Err(invalid(
                 "log.level",
                 format!("{e} (write e.g. \"info\" or \"info,brokk=debug\")"),
             ));
         }
-        Ok(())
+        validate_auth(&self.auth)
     }
 }
+
+fn invalid(key: &str, why: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_string(),
+        why: why.into(),
+    }
+}
+
+fn validate_tls(name: &str, tls: &TlsConfig) -> Result<(), ConfigError> {
+    let key = |field: &str| format!("listeners.{name}.tls.{field}");
+    let files = [
+        ("cert", Some(&tls.cert)),
+        ("key", Some(&tls.key)),
+        ("client_ca", tls.client_ca.as_ref()),
+        ("crl", tls.crl.as_ref()),
+    ];
+    for (field, file) in files {
+        if let Some(file) = file {
+            check_readable(&key(field), file)?;
+        }
+    }
+    if tls.handshake_timeout.is_zero() {
+        return Err(invalid(&key("handshake_timeout"), "must be greater than 0"));
+    }
+    // Both depend on a verified client certificate, which only client_ca asks for.
+    if tls.client_ca.is_none() {
+        if tls.identity_as_username {
+            return Err(invalid(
+                &key("identity_as_username"),
+                "needs client_ca (client certificates are not requested without it)",
+            ));
+        }
+        if tls.crl.is_some() {
+            return Err(invalid(
+                &key("crl"),
+                "needs client_ca (client certificates are not requested without it)",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Ranges and readable files; the files' contents are checked by `brokk --check-config` and at
+/// start (see `auth::AuthState::load`).
+fn validate_auth(auth: &AuthConfig) -> Result<(), ConfigError> {
+    for (key, file) in [
+        ("auth.password_file", &auth.password_file),
+        ("auth.acl_file", &auth.acl_file),
+        ("auth.jwt.key_file", &auth.jwt.key_file),
+    ] {
+        if !file.as_os_str().is_empty() {
+            check_readable(key, file)?;
+        }
+    }
+    if auth.max_pending_auth == 0 {
+        return Err(invalid("auth.max_pending_auth", "must be at least 1"));
+    }
+    if auth.pending_timeout.is_zero() {
+        return Err(invalid("auth.pending_timeout", "must be greater than 0"));
+    }
+    if auth.jwt.username_claim.is_empty() {
+        return Err(invalid("auth.jwt.username_claim", "must not be empty"));
+    }
+    Ok(())
+}
+
+/// The deepest topic `limits.max_topic_levels` may allow. The router's walks do not recurse,
+/// so this is a bound on work per topic, not a guard for the stack.
+const MAX_TOPIC_LEVELS: usize = 1024;
 
 /// The smallest packet limit that still admits a CONNECT with an empty client id.
 const MIN_PACKET_SIZE: u32 = 16;
@@ -481,6 +625,7 @@ fn reword(key: &str, why: &str) -> String {
         let expected = match key.rsplit('.').next() {
             Some("queue_full_policy") => " (expected disconnect, drop_oldest or drop_newest)",
             Some("format") => " (expected text or json)",
+            Some("algorithm") => " (expected HS256, RS256 or ES256)",
             _ => "",
         };
         return format!("unknown value \"{value}\"{expected}");
@@ -530,8 +675,11 @@ mod tests {
 
     #[test]
     fn full_file_parses() {
-        let config = Config::from_toml(
-            r#"
+        let dir = tempfile::tempdir().unwrap();
+        for file in ["passwd", "acl", "jwt.pem"] {
+            std::fs::write(dir.path().join(file), "").unwrap();
+        }
+        let text = r#"
             [listeners.a]
             bind = "127.0.0.1:1883"
             [listeners.b]
@@ -548,13 +696,22 @@ mod tests {
             max_session_expiry = "1d"
             [auth]
             allow_anonymous = false
-            password_file = "/etc/brokk/passwd"
+            password_file = "DIR/passwd"
+            acl_file = "DIR/acl"
+            max_pending_auth = 10
+            pending_timeout = "250ms"
+            [auth.jwt]
+            key_file = "DIR/jwt.pem"
+            algorithm = "ES256"
+            username_claim = "preferred_username"
+            issuer = "https://issuer.example"
+            audience = "brokk"
             [log]
             level = "debug"
             format = "json"
-            "#,
-        )
-        .unwrap();
+            "#;
+        let config =
+            Config::from_toml(&text.replace("DIR", &dir.path().display().to_string())).unwrap();
         assert_eq!(config.listeners.len(), 2);
         assert!(!config.metrics.enabled);
         assert_eq!(config.limits.connect_timeout, Duration::from_millis(500));
@@ -564,10 +721,13 @@ mod tests {
             config.session.max_session_expiry,
             Duration::from_secs(86400)
         );
-        assert_eq!(
-            config.auth.password_file,
-            PathBuf::from("/etc/brokk/passwd")
-        );
+        assert_eq!(config.auth.password_file, dir.path().join("passwd"));
+        assert_eq!(config.auth.acl_file, dir.path().join("acl"));
+        assert_eq!(config.auth.max_pending_auth, 10);
+        assert_eq!(config.auth.pending_timeout, Duration::from_millis(250));
+        assert_eq!(config.auth.jwt.algorithm, JwtAlgorithm::Es256);
+        assert_eq!(config.auth.jwt.username_claim, "preferred_username");
+        assert_eq!(config.auth.jwt.audience, "brokk");
         assert_eq!(config.log.format, LogFormat::Json);
     }
 
@@ -726,10 +886,11 @@ mod tests {
         std::fs::write(&path, "[auth]\npassword_file = \"passwd\"\n").unwrap();
         let config = load_with_env(Some(&path), Vec::new()).unwrap();
         assert_eq!(config.auth.password_file, dir.path().join("conf/passwd"));
-        // From the environment: relative to the working directory, as typed.
-        let vars = env(&[("BROKK_AUTH__PASSWORD_FILE", "elsewhere")]);
+        // From the environment: relative to the working directory (the package root under
+        // cargo test), as typed.
+        let vars = env(&[("BROKK_AUTH__PASSWORD_FILE", "Cargo.toml")]);
         let config = load_with_env(Some(&path), vars).unwrap();
-        assert_eq!(config.auth.password_file, Path::new("elsewhere"));
+        assert_eq!(config.auth.password_file, Path::new("Cargo.toml"));
     }
 
     #[test]
@@ -798,6 +959,37 @@ mod tests {
     }
 
     #[test]
+    fn validate_checks_auth() {
+        let e = error("[auth]\npassword_file = \"/nonexistent/passwd\"\n");
+        assert!(e.starts_with("auth.password_file: cannot read"), "{e}");
+        let e = error("[auth]\nacl_file = \"/nonexistent/acl\"\n");
+        assert!(e.starts_with("auth.acl_file: cannot read"), "{e}");
+        let e = error("[auth.jwt]\nkey_file = \"/nonexistent/key\"\n");
+        assert!(e.starts_with("auth.jwt.key_file: cannot read"), "{e}");
+        assert_eq!(
+            invalid_key("[auth]\nmax_pending_auth = 0\n"),
+            "auth.max_pending_auth"
+        );
+        assert_eq!(
+            invalid_key("[auth]\npending_timeout = \"0s\"\n"),
+            "auth.pending_timeout"
+        );
+        assert_eq!(
+            invalid_key("[auth.jwt]\nusername_claim = \"\"\n"),
+            "auth.jwt.username_claim"
+        );
+        let e = error("[auth.jwt]\nalgorithm = \"none\"\n");
+        assert!(
+            e.starts_with(
+                "auth.jwt.algorithm: unknown value \"none\" (expected HS256, RS256 or ES256)"
+            ),
+            "{e}"
+        );
+        let e = error("[auth]\nacl = \"x\"\n");
+        assert!(e.starts_with("auth: unknown field `acl`"), "{e}");
+    }
+
+    #[test]
     fn validate_checks_tls_files() {
         let e = error(
             "[listeners.s]\nbind = \"0.0.0.0:8883\"\n\
@@ -823,6 +1015,29 @@ mod tests {
         assert_eq!(tls.handshake_timeout, Duration::from_secs(10));
         assert_eq!(tls.client_ca, None);
 
+        let identity = text.replace(" }", ", identity_as_username = true }");
+        assert_eq!(
+            invalid_key(&identity),
+            "listeners.s.tls.identity_as_username"
+        );
+        let crl = text.replace(
+            " }",
+            &format!(", crl = {:?} }}", cert.display().to_string()),
+        );
+        assert_eq!(invalid_key(&crl), "listeners.s.tls.crl");
+        let with_ca = text.replace(
+            " }",
+            &format!(
+                ", client_ca = {:?}, crl = {:?}, identity_as_username = true }}",
+                cert.display().to_string(),
+                cert.display().to_string()
+            ),
+        );
+        let tls = Config::from_toml(&with_ca).unwrap().listeners["s"]
+            .tls
+            .clone()
+            .unwrap();
+        assert!(tls.identity_as_username && tls.crl.is_some());
         let text = text.replace(" }", ", client_ca = \"/nonexistent/ca.pem\" }");
         assert_eq!(invalid_key(&text), "listeners.s.tls.client_ca");
         let text = text.replace("\"/nonexistent/ca.pem\"", &format!("{:?}", dir.path()));

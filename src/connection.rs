@@ -3,23 +3,25 @@
 //! [`CloseReason`] ends it. Every way out of the loop carries exactly one reason; `finish`
 //! sends it (v5), hands the session back, fires the will and logs and counts the close once.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{oneshot, watch};
 
-use crate::auth::AuthResult;
+use crate::auth::{LoginRequest, PeerIdentity};
 use crate::broker::Broker;
 use crate::close::{CloseReason, InvalidKind};
+use crate::logsafe::LogId;
 use crate::message::{Delivery, Message};
-use crate::outbox::Outbox;
+use crate::outbox::{Offer, Outbox, QueueLimits};
+use crate::outbuf::OutBuf;
 use crate::protocol::{
-    self, Ack, ConnAck, ConnAckProperties, Connect, DecodeError, Disconnect, Packet, Publish, QoS,
-    RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe, Version,
+    self, Ack, ConnAck, ConnAckProperties, Connect, DecodeError, Disconnect, Outgoing, Packet,
+    Publish, QoS, RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe, Version, Will,
 };
 use crate::registry::{Control, Detached, Mailbox, Previous};
 use crate::router::{self, SubscriptionOptions};
@@ -32,6 +34,12 @@ const WRITE_HIGH_WATER: usize = 64 * 1024;
 const READ_BURST: usize = 16 * 1024;
 /// Deliveries taken from the outbox per lock.
 const DRAIN_BATCH: usize = 256;
+/// Bytes of topic names the outbound topic-alias table may hold per connection.
+const OUTBOUND_ALIAS_BYTES: usize = 64 * 1024;
+/// Payloads up to this size are copied out of the read buffer into their own allocation, so
+/// a queued message does not keep a whole read buffer alive; larger packets are read into a
+/// buffer of exactly their size (see `Io::reserve_for_frame`) and sliced without a copy.
+const COPY_PAYLOAD_MAX: usize = 64 * 1024;
 /// Topic aliases a v5 client may use towards us (CONNACK Topic Alias Maximum).
 const INBOUND_TOPIC_ALIAS_MAX: u16 = 64;
 /// How long a takeover waits for the old connection to hand its session over.
@@ -47,6 +55,8 @@ pub struct ConnectionContext {
     /// Accepted past `max_connections`: read the CONNECT, refuse it, close.
     pub over_limit: bool,
     pub shutdown: watch::Receiver<bool>,
+    /// The user a TLS client certificate names (`identity_as_username` listeners).
+    pub identity: PeerIdentity,
 }
 
 /// Serves one MQTT connection to its end (any stream: TLS, an in-memory duplex, ...).
@@ -70,7 +80,8 @@ where
         reader,
         writer,
         rbuf: BytesMut::with_capacity(512),
-        wbuf: BytesMut::new(),
+        exact_frame: false,
+        out: OutBuf::new(),
     };
     let broker = ctx.broker.clone();
     let timeout = broker.config.limits.connect_timeout;
@@ -96,7 +107,7 @@ where
             Box::pin(conn.finish(io, reason, started)).await;
         }
         Err(refused) => {
-            broker.stats_connect(refused.version, false);
+            crate::metrics::count_refused_connect(refused.version.label(), refused.code);
             let client_id = refused.client_id.as_deref();
             let why = Some(refused.why.as_str());
             Box::pin(close_unattached(
@@ -146,12 +157,13 @@ pub(crate) fn log_close(
 ) {
     metrics::counter!(crate::metrics::CONNECTIONS_CLOSED, "reason" => reason.label()).increment(1);
     let duration_ms = started.elapsed().as_millis() as u64;
-    let client_id = client_id.unwrap_or("-");
+    let id = client_id.unwrap_or("-");
+    let client_id = LogId(id);
     match reason {
         // A socket that closes before any CONNECT is a port probe (health checks, load
         // balancers): counted like every close, logged only at debug level.
-        CloseReason::ConnectionLost if client_id == "-" => tracing::debug!(
-            client_id,
+        CloseReason::ConnectionLost if id == "-" => tracing::debug!(
+            %client_id,
             %peer,
             reason = reason.label(),
             duration_ms,
@@ -161,10 +173,10 @@ pub(crate) fn log_close(
         // A reset or failed socket is the network's doing, logged like other closes; only
         // the broker's own faults are warnings.
         CloseReason::InternalError => {
-            tracing::warn!(client_id, %peer, reason = reason.label(), duration_ms, detail, "connection closed")
+            tracing::warn!(%client_id, %peer, reason = reason.label(), duration_ms, detail, "connection closed")
         }
         _ => {
-            tracing::info!(client_id, %peer, reason = reason.label(), duration_ms, detail, "connection closed")
+            tracing::info!(%client_id, %peer, reason = reason.label(), duration_ms, detail, "connection closed")
         }
     }
 }
@@ -174,7 +186,9 @@ struct Io<R, W> {
     reader: R,
     writer: W,
     rbuf: BytesMut,
-    wbuf: BytesMut,
+    /// `rbuf` was sized for one large packet (dropped once that packet is consumed).
+    exact_frame: bool,
+    out: OutBuf,
 }
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Io<R, W> {
@@ -198,12 +212,14 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Io<R, W> {
                         reason_code: 0x84,
                         properties: ConnAckProperties::default(),
                     });
-                    let _ = protocol::encode(&connack, Version::V311, &mut self.wbuf);
+                    if let Err(error) = protocol::encode(&connack, Version::V311, self.out.buf()) {
+                        tracing::error!(%error, "CONNACK could not be encoded");
+                    }
                     return Err(CloseReason::Aborted);
                 }
                 Err(error) => return Err(decode_close_reason(&error)),
             }
-            self.rbuf.reserve(1024);
+            self.reserve_for_frame(1024);
             match self.reader.read_buf(&mut self.rbuf).await {
                 Ok(0) => return Err(CloseReason::ConnectionLost),
                 Ok(n) => broker.stats.bytes_received.increment(n as u64),
@@ -213,14 +229,42 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Io<R, W> {
     }
 
     async fn flush_all(&mut self) -> std::io::Result<()> {
-        while !self.wbuf.is_empty() {
-            let n = self.writer.write(&self.wbuf).await?;
-            if n == 0 {
-                return Err(std::io::ErrorKind::WriteZero.into());
-            }
-            self.wbuf.advance(n);
+        self.out.flush_to(&mut self.writer).await
+    }
+}
+
+impl<R, W> Io<R, W> {
+    /// Makes room in `rbuf` for the next read. A packet larger than the buffer gets a buffer of
+    /// exactly its size: its payload is sliced from the buffer and kept by every queue it
+    /// reaches, and a buffer grown by doubling would keep up to twice the packet alive. Once
+    /// such a packet is consumed, its buffer is let go rather than reclaimed for later reads.
+    fn reserve_for_frame(&mut self, min_spare: usize) {
+        if self.exact_frame && self.rbuf.is_empty() {
+            self.rbuf = BytesMut::with_capacity(min_spare);
+            self.exact_frame = false;
         }
-        self.writer.flush().await
+        if let Some(size) = protocol::frame_len(&self.rbuf)
+            && size > self.rbuf.capacity()
+        {
+            let mut exact = BytesMut::with_capacity(size);
+            exact.extend_from_slice(&self.rbuf);
+            self.rbuf = exact;
+            self.exact_frame = true;
+            return;
+        }
+        if self.rbuf.capacity() - self.rbuf.len() < min_spare.min(256) {
+            self.rbuf.reserve(min_spare);
+        }
+    }
+}
+
+/// A payload that owns its memory: small payloads are copied out of the read buffer they were
+/// sliced from (see [`COPY_PAYLOAD_MAX`]).
+fn own_payload(payload: bytes::Bytes) -> bytes::Bytes {
+    if payload.len() <= COPY_PAYLOAD_MAX {
+        bytes::Bytes::copy_from_slice(&payload)
+    } else {
+        payload
     }
 }
 
@@ -241,6 +285,8 @@ struct Refused {
     version: Version,
     client_id: Option<String>,
     why: String,
+    /// The v5 CONNACK reason code (the metrics' `code` label).
+    code: u8,
 }
 
 fn refuse<R, W>(
@@ -255,11 +301,14 @@ fn refuse<R, W>(
         reason_code: code,
         properties: ConnAckProperties::default(),
     });
-    let _ = protocol::encode(&connack, version, &mut io.wbuf);
+    if let Err(error) = protocol::encode(&connack, version, io.out.buf()) {
+        tracing::error!(%error, "CONNACK could not be encoded");
+    }
     Refused {
         version,
         client_id,
         why: why.to_string(),
+        code,
     }
 }
 
@@ -295,41 +344,26 @@ where
             "enhanced authentication is not supported",
         ));
     }
-    // Password hashes are slow on purpose: verify off the async workers.
-    let auth = if connect.username.is_some() {
-        let checker = broker.clone();
-        let (username, password) = (connect.username.clone(), connect.password.clone());
-        tokio::task::spawn_blocking(move || {
-            checker.auth.check(username.as_deref(), password.as_ref())
-        })
-        .await
-        .unwrap_or(AuthResult::NotAuthorized)
-    } else {
-        broker.auth.check(None, None)
-    };
-    match auth {
-        AuthResult::Allowed => {}
-        AuthResult::BadCredentials => {
-            return Err(refuse(
-                io,
-                version,
-                0x86,
-                Some(connect.client_id.clone()),
-                "bad user name or password",
-            ));
-        }
-        AuthResult::NotAuthorized => {
-            return Err(refuse(
-                io,
-                version,
-                0x87,
-                Some(connect.client_id.clone()),
-                "not authorized",
-            ));
-        }
+    // Password checks wait their turn in the login gate (bounded, fair between addresses).
+    let login = broker.auth.login(LoginRequest {
+        peer: ctx.peer,
+        username: connect.username.as_deref(),
+        password: connect.password.as_ref(),
+        identity: &ctx.identity,
+    });
+    if let Err(refusal) = login.await {
+        let (code, why) = (refusal.reason_code(), refusal.detail());
+        return Err(refuse(
+            io,
+            version,
+            code,
+            Some(connect.client_id.clone()),
+            &why,
+        ));
     }
     if let Some(will) = &connect.will
-        && router::validate_topic_name(&will.topic).is_err()
+        && (router::validate_topic_name(&will.topic).is_err()
+            || router::levels(&will.topic) > limits.max_topic_levels)
     {
         // The will topic is a topic name: no wildcards (MQTT-3.1.3-11 asks for a valid
         // UTF-8 topic name; v5 names 0x90 Topic Name Invalid for a bad one).
@@ -394,9 +428,7 @@ where
     let mailbox = Mailbox::new();
     let new_outbox = || {
         Arc::new(Outbox::new(
-            limits.max_queue_depth,
-            limits.max_queue_depth_disconnected,
-            limits.queue_full_policy,
+            QueueLimits::from_config(limits),
             broker.stats.queued.clone(),
         ))
     };
@@ -414,7 +446,7 @@ where
                     Ok(Ok(session)) => session,
                     Ok(Err(_)) => None,
                     Err(_) => {
-                        tracing::warn!(client_id = %client_id, "takeover: the old connection did not hand its session over in time");
+                        tracing::warn!(client_id = %LogId(&client_id), "takeover: the old connection did not hand its session over in time");
                         None
                     }
                 }
@@ -447,7 +479,10 @@ where
     session.expiry_interval = expiry;
     // A resumed session's delayed will is cancelled: its client is back (MQTT-3.1.3-9 / v5
     // §3.1.3.2.2); the new connection's will replaces it.
-    session.will = connect.will.clone();
+    session.will = connect.will.clone().map(|will| Will {
+        payload: own_payload(will.payload),
+        ..will
+    });
 
     let properties = if version == Version::V5 {
         ConnAckProperties {
@@ -471,11 +506,11 @@ where
         reason_code: 0,
         properties,
     });
-    if let Err(error) = protocol::encode(&connack, version, &mut io.wbuf) {
+    if let Err(error) = protocol::encode(&connack, version, io.out.buf()) {
         tracing::error!(%error, "CONNACK could not be encoded");
     }
     broker.stats_connect(version, true);
-    tracing::info!(client_id = %client_id, peer = %ctx.peer, protocol = version.label(), clean_start = connect.clean_start, keep_alive, user = connect.username.as_deref(), session_present, "client connected");
+    tracing::info!(client_id = %LogId(&client_id), peer = %ctx.peer, protocol = version.label(), clean_start = connect.clean_start, keep_alive, user = connect.username.as_deref().map(|u| tracing::field::display(LogId(u))), session_present, "client connected");
 
     let now = Instant::now();
     let keep_alive = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
@@ -498,14 +533,16 @@ where
         client_topic_alias_maximum: connect.topic_alias_maximum.unwrap_or(0),
         inbound_aliases: HashMap::new(),
         outbound_aliases: HashMap::new(),
-        local: VecDeque::new(),
+        outbound_alias_bytes: 0,
         batch: Vec::new(),
         received: [0; 3],
         will_on_close: false,
         takeover_reply: None,
         scratch: Vec::new(),
+        close_detail: None,
+        output_stalled: false,
     };
-    conn.resend_inflight(&mut io.wbuf);
+    conn.resend_inflight(&mut io.out);
     Ok(conn)
 }
 
@@ -533,9 +570,8 @@ struct Connection {
     client_topic_alias_maximum: u16,
     inbound_aliases: HashMap<u16, Arc<str>>,
     outbound_aliases: HashMap<Arc<str>, u16>,
-    /// Deliveries for this connection alone (retained messages on subscribe): sent before
-    /// the outbox, not counted against the shared queue limit.
-    local: VecDeque<Delivery>,
+    /// Bytes of topic held by `outbound_aliases`.
+    outbound_alias_bytes: usize,
     /// Inbound publishes of the current read, routed together.
     batch: Vec<Arc<Message>>,
     /// Inbound publishes of the current read by QoS, counted together.
@@ -544,6 +580,19 @@ struct Connection {
     will_on_close: bool,
     takeover_reply: Option<oneshot::Sender<Option<Box<Session>>>>,
     scratch: Vec<Delivery>,
+    /// Why, in more words than the reason's label (an I/O error's cause, say), for the log.
+    close_detail: Option<String>,
+    /// Closed because the client stopped reading: no final DISCONNECT is attempted.
+    output_stalled: bool,
+}
+
+/// Deadlines of the main loop besides keep-alive.
+#[derive(Default)]
+struct Timers {
+    /// Set when shutdown began: the drain ends here at the latest.
+    drain_at: Option<Instant>,
+    /// Set while output is over the high-water mark: closed here unless a write progresses.
+    stall_at: Option<Instant>,
 }
 
 impl Drop for Connection {
@@ -564,6 +613,36 @@ impl Connection {
         }
     }
 
+    /// The next instant the loop must wake for: keep-alive / TTL, the shutdown drain deadline,
+    /// or the unread-output deadline, whichever comes first.
+    fn next_wake(&self, timers: &Timers) -> Option<Instant> {
+        [self.deadline(), timers.drain_at, timers.stall_at]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// What a wake-up at `now` means: a close reason, or nothing (a timer moved).
+    fn on_wake(&mut self, timers: &Timers, now: Instant) -> Option<CloseReason> {
+        if timers.drain_at.is_some_and(|at| at <= now) {
+            return Some(CloseReason::ServerShutdown);
+        }
+        if let Some(at) = timers.stall_at
+            && at <= now
+        {
+            self.close_detail = Some(format!(
+                "output not read for {}",
+                humantime::format_duration(self.broker.config.limits.write_timeout)
+            ));
+            self.output_stalled = true;
+            return Some(CloseReason::ClientUnresponsive);
+        }
+        if self.deadline().is_some_and(|at| at <= now) {
+            return Some(CloseReason::ClientUnresponsive);
+        }
+        None
+    }
+
     async fn run<R, W>(&mut self, io: &mut Io<R, W>) -> CloseReason
     where
         R: AsyncRead + Unpin,
@@ -573,20 +652,19 @@ impl Connection {
         // Packets that came in the same read as the CONNECT are handled before waiting for
         // more bytes (a client may pipeline SUBSCRIBE or PUBLISH right behind its CONNECT).
         if !io.rbuf.is_empty()
-            && let Err(reason) = self.handle_input(&mut io.rbuf, &mut io.wbuf, max)
+            && let Err(reason) = self.handle_input(&mut io.rbuf, &mut io.out, max)
         {
             return reason;
         }
+        let write_timeout = self.broker.config.limits.write_timeout;
+        let mut timers = Timers::default();
+        // One timer for every deadline, re-armed only when the earliest one moves.
+        let mut armed = self.next_wake(&timers);
         let far = Instant::now() + Duration::from_secs(86_400 * 365);
-        let sleep = tokio::time::sleep_until(self.deadline().unwrap_or(far).into());
-        tokio::pin!(sleep);
+        let wake = tokio::time::sleep_until(armed.unwrap_or(far).into());
+        tokio::pin!(wake);
         let mut shutdown = self.shutdown.clone();
-        // Graceful shutdown drains: the connection goes on until what was routed to it has
-        // been written and acknowledged, or until the drain deadline.
-        let mut draining = false;
         let mut read_filled = false;
-        let drain_deadline = tokio::time::sleep_until(far.into());
-        tokio::pin!(drain_deadline);
         // One long-lived wait on the outbox, re-armed after each wake-up, rather than a new
         // one per pass of the loop.
         let outbox = self.outbox.clone();
@@ -596,21 +674,34 @@ impl Connection {
             if self.outbox.is_overflowed() {
                 return CloseReason::MessageQueueLimitReached;
             }
-            self.pump(&mut io.wbuf);
-            if draining
-                && io.wbuf.is_empty()
-                && self.local.is_empty()
+            self.pump(&mut io.out);
+            // Graceful shutdown drains: the connection goes on until what was routed to it has
+            // been written and acknowledged, or until the drain deadline.
+            if timers.drain_at.is_some()
+                && io.out.is_empty()
                 && self.session.inflight_out.is_empty()
                 && self.outbox.is_empty()
             {
                 return CloseReason::ServerShutdown;
             }
-            // Read buffer sizing: small while the client is quiet (idle connections are most
-            // connections), large once a read fills it (a busy publisher: fewer syscalls).
-            let spare = io.rbuf.capacity() - io.rbuf.len();
-            if spare < 256 {
-                io.rbuf.reserve(if read_filled { READ_BURST } else { 512 });
+            // Back-pressure: a client that does not read its output is not read from either,
+            // so what it sends (PINGREQ, QoS 1 PUBLISH, ...) cannot pile up answers here; if
+            // it stays so for write_timeout, it is closed.
+            let backlogged = io.out.len() >= WRITE_HIGH_WATER;
+            if !backlogged {
+                timers.stall_at = None;
+            } else if timers.stall_at.is_none() && !write_timeout.is_zero() {
+                timers.stall_at = Some(Instant::now() + write_timeout);
             }
+            let next = self.next_wake(&timers);
+            if next != armed {
+                armed = next;
+                wake.as_mut().reset(armed.unwrap_or(far).into());
+            }
+            // Read buffer sizing: small while the client is quiet (idle connections are most
+            // connections), large once a read fills it (a busy publisher: fewer syscalls), and
+            // exact for a packet larger than the buffer.
+            io.reserve_for_frame(if read_filled { READ_BURST } else { 512 });
             let spare = io.rbuf.capacity() - io.rbuf.len();
             tokio::select! {
                 control = self.mailbox.recv() => match control {
@@ -625,7 +716,7 @@ impl Connection {
                         )
                         .await
                             && n > 0
-                            && let Err(reason) = self.handle_input(&mut io.rbuf, &mut io.wbuf, max)
+                            && let Err(reason) = self.handle_input(&mut io.rbuf, &mut io.out, max)
                         {
                             return reason;
                         }
@@ -633,44 +724,43 @@ impl Connection {
                     }
                     Control::Close(reason) => return reason,
                 },
-                _ = crate::server::stopped(&mut shutdown), if !draining => {
-                    draining = true;
-                    let drain = self.broker.config.limits.shutdown_drain;
-                    drain_deadline.as_mut().reset((Instant::now() + drain).into());
+                _ = crate::server::stopped(&mut shutdown), if timers.drain_at.is_none() => {
+                    timers.drain_at = Some(Instant::now() + self.broker.config.limits.shutdown_drain);
                 }
-                _ = &mut drain_deadline, if draining => return CloseReason::ServerShutdown,
-                read = io.reader.read_buf(&mut io.rbuf), if io.rbuf.len() <= max => match read {
+                read = io.reader.read_buf(&mut io.rbuf), if io.rbuf.len() <= max && !backlogged => match read {
                     Ok(0) => return CloseReason::ConnectionLost,
-                    Err(_) => return CloseReason::IoException,
+                    Err(error) => {
+                        self.close_detail = Some(format!("read failed: {error}"));
+                        return CloseReason::IoException;
+                    }
                     Ok(n) => {
                         read_filled = n >= spare;
                         self.broker.stats.bytes_received.increment(n as u64);
-                        let before = self.last_inbound;
-                        if let Err(reason) = self.handle_input(&mut io.rbuf, &mut io.wbuf, max) {
+                        if let Err(reason) = self.handle_input(&mut io.rbuf, &mut io.out, max) {
                             return reason;
                         }
                         if io.rbuf.is_empty() && !read_filled && io.rbuf.capacity() > READ_BURST {
                             io.rbuf = BytesMut::new();
                         }
-                        if self.last_inbound != before
-                            && let Some(deadline) = self.deadline() {
-                                sleep.as_mut().reset(deadline.into());
-                            }
                     }
                 },
-                written = io.writer.write(&io.wbuf), if !io.wbuf.is_empty() => match written {
-                    Ok(0) | Err(_) => return CloseReason::IoException,
+                written = io.out.write_to(&mut io.writer), if !io.out.is_empty() => match written {
+                    Ok(0) => return CloseReason::IoException,
+                    Err(error) => {
+                        self.close_detail = Some(format!("write failed: {error}"));
+                        return CloseReason::IoException;
+                    }
                     Ok(n) => {
                         self.broker.stats.bytes_sent.increment(n as u64);
-                        io.wbuf.advance(n);
-                        if io.wbuf.is_empty() && io.wbuf.capacity() > 4 * WRITE_HIGH_WATER {
-                            io.wbuf = BytesMut::new();
-                        }
+                        // Progress: the unread-output deadline starts again if still needed.
+                        timers.stall_at = None;
                     }
                 },
                 _ = &mut queued => queued.set(outbox.notify().notified()),
-                _ = &mut sleep, if self.keep_alive.is_some() || self.ttl.is_some() => {
-                    return CloseReason::ClientUnresponsive;
+                _ = &mut wake, if armed.is_some() => {
+                    if let Some(reason) = self.on_wake(&timers, Instant::now()) {
+                        return reason;
+                    }
                 }
             }
         }
@@ -680,7 +770,7 @@ impl Connection {
     fn handle_input(
         &mut self,
         rbuf: &mut BytesMut,
-        wbuf: &mut BytesMut,
+        out: &mut OutBuf,
         max: usize,
     ) -> Result<(), CloseReason> {
         let mut result = Ok(());
@@ -688,14 +778,20 @@ impl Connection {
             match protocol::decode(rbuf, Some(self.version), max) {
                 Ok(Some(packet)) => {
                     self.last_inbound = Instant::now();
-                    if let Err(reason) = self.handle_packet(packet, wbuf) {
+                    // Publishes are routed in batches (one index lock per read), but a packet
+                    // that changes subscriptions must see the publishes before it routed
+                    // first: effects happen in the order of the packets.
+                    if matches!(packet, Packet::Subscribe(_) | Packet::Unsubscribe(_)) {
+                        self.route_batch();
+                    }
+                    if let Err(reason) = self.handle_packet(packet, out) {
                         result = Err(reason);
                         break;
                     }
                 }
                 Ok(None) => break,
                 Err(error) => {
-                    tracing::debug!(client_id = %self.client_id, %error, "bad inbound packet");
+                    tracing::debug!(client_id = %LogId(&self.client_id), %error, "bad inbound packet");
                     result = Err(decode_close_reason(&error));
                     break;
                 }
@@ -713,25 +809,29 @@ impl Connection {
                 counter.increment(n);
             }
         }
+        self.route_batch();
+        result
+    }
+
+    fn route_batch(&mut self) {
         if !self.batch.is_empty() {
             self.broker.publish_batch(&self.batch, &self.client_id);
             self.batch.clear();
         }
-        result
     }
 
-    fn send(&self, packet: &Packet, wbuf: &mut BytesMut) -> Result<(), CloseReason> {
-        protocol::encode(packet, self.version, wbuf).map_err(|error| {
-            tracing::error!(client_id = %self.client_id, %error, "outbound packet could not be encoded");
+    fn send(&self, packet: &Packet, out: &mut OutBuf) -> Result<(), CloseReason> {
+        protocol::encode(packet, self.version, out.buf()).map_err(|error| {
+            tracing::error!(client_id = %LogId(&self.client_id), %error, "outbound packet could not be encoded");
             CloseReason::InternalError
         })
     }
 
-    fn handle_packet(&mut self, packet: Packet, wbuf: &mut BytesMut) -> Result<(), CloseReason> {
+    fn handle_packet(&mut self, packet: Packet, out: &mut OutBuf) -> Result<(), CloseReason> {
         let protocol_error = CloseReason::InvalidInboundMessage(InvalidKind::Protocol);
         match packet {
-            Packet::PingReq => self.send(&Packet::PingResp, wbuf),
-            Packet::Publish(publish) => self.handle_publish(publish, wbuf),
+            Packet::PingReq => self.send(&Packet::PingResp, out),
+            Packet::Publish(publish) => self.handle_publish(publish, out),
             Packet::PubAck(ack) => {
                 if let Some(pos) = self.session.inflight_position(ack.packet_id)
                     && self.session.inflight_out[pos].state == OutboundState::AwaitingPubAck
@@ -752,7 +852,7 @@ impl Connection {
                             return Ok(());
                         }
                         self.session.inflight_out[pos].state = OutboundState::AwaitingPubComp;
-                        self.send(&Packet::PubRel(Ack::success(ack.packet_id)), wbuf)
+                        self.send(&Packet::PubRel(Ack::success(ack.packet_id)), out)
                     }
                     _ => {
                         // MQTT 5.0 §3.6.2.1: 0x92 Packet Identifier not found.
@@ -761,7 +861,7 @@ impl Connection {
                             reason_code: 0x92,
                             reason_string: None,
                         };
-                        self.send(&Packet::PubRel(rel), wbuf)
+                        self.send(&Packet::PubRel(rel), out)
                     }
                 }
             }
@@ -774,7 +874,7 @@ impl Connection {
                         reason_code,
                         reason_string: None,
                     }),
-                    wbuf,
+                    out,
                 )
             }
             Packet::PubComp(ack) => {
@@ -785,8 +885,8 @@ impl Connection {
                 }
                 Ok(())
             }
-            Packet::Subscribe(subscribe) => self.handle_subscribe(subscribe, wbuf),
-            Packet::Unsubscribe(unsubscribe) => self.handle_unsubscribe(unsubscribe, wbuf),
+            Packet::Subscribe(subscribe) => self.handle_subscribe(subscribe, out),
+            Packet::Unsubscribe(unsubscribe) => self.handle_unsubscribe(unsubscribe, out),
             Packet::Disconnect(disconnect) => self.handle_disconnect(disconnect),
             Packet::Connect(_)
             | Packet::ConnAck(_)
@@ -800,7 +900,7 @@ impl Connection {
     fn handle_publish(
         &mut self,
         mut publish: Publish,
-        wbuf: &mut BytesMut,
+        out: &mut OutBuf,
     ) -> Result<(), CloseReason> {
         // Topic aliases (v5 §3.3.2.3.4).
         let topic: Arc<str> = match publish.topic_alias {
@@ -823,7 +923,9 @@ impl Connection {
             }
             None => Arc::from(publish.topic.as_str()),
         };
-        if router::validate_topic_name(&topic).is_err() {
+        if router::validate_topic_name(&topic).is_err()
+            || router::levels(&topic) > self.broker.config.limits.max_topic_levels
+        {
             return Err(CloseReason::InvalidInboundMessage(InvalidKind::TopicName));
         }
         self.received[publish.qos as usize] += 1;
@@ -850,10 +952,14 @@ impl Connection {
                 .properties
                 .message_expiry_interval
                 .map(|secs| now + Duration::from_secs(u64::from(secs)));
-            let properties = std::mem::take(&mut publish.properties);
+            let properties = protocol::encode_passthrough_properties(&publish.properties)
+                .map_err(|error| {
+                    tracing::error!(client_id = %LogId(&self.client_id), %error, "PUBLISH properties could not be re-encoded");
+                    CloseReason::InternalError
+                })?;
             self.batch.push(Arc::new(Message {
                 topic,
-                payload: publish.payload,
+                payload: own_payload(std::mem::take(&mut publish.payload)),
                 qos: publish.qos,
                 retain: publish.retain,
                 properties,
@@ -862,29 +968,36 @@ impl Connection {
         }
         match publish.qos {
             QoS::AtMostOnce => Ok(()),
-            QoS::AtLeastOnce => self.send(&Packet::PubAck(Ack::success(publish.packet_id)), wbuf),
-            QoS::ExactlyOnce => self.send(&Packet::PubRec(Ack::success(publish.packet_id)), wbuf),
+            QoS::AtLeastOnce => self.send(&Packet::PubAck(Ack::success(publish.packet_id)), out),
+            QoS::ExactlyOnce => self.send(&Packet::PubRec(Ack::success(publish.packet_id)), out),
         }
     }
 
     fn handle_subscribe(
         &mut self,
         subscribe: Subscribe,
-        wbuf: &mut BytesMut,
+        out: &mut OutBuf,
     ) -> Result<(), CloseReason> {
         let mut reason_codes = Vec::with_capacity(subscribe.filters.len());
-        let mut retained_for: Vec<(String, QoS, Option<u32>)> = Vec::new();
+        let mut retained_for: Vec<(String, QoS)> = Vec::new();
+        let limits = &self.broker.config.limits;
+        let refused = |v5_code: u8| {
+            if self.version == Version::V5 {
+                v5_code
+            } else {
+                0x80
+            }
+        };
         {
             let mut table = self.broker.subscriptions_mut();
             for request in &subscribe.filters {
                 let parsed = match router::parse_filter(&request.filter) {
-                    Ok(parsed) => parsed,
-                    Err(_) => {
-                        reason_codes.push(if self.version == Version::V5 {
-                            0x8F
-                        } else {
-                            0x80
-                        });
+                    Ok(parsed) if router::levels(parsed.filter) <= limits.max_topic_levels => {
+                        parsed
+                    }
+                    // 0x8F Topic Filter invalid (deeper than limits.max_topic_levels, or bad).
+                    _ => {
+                        reason_codes.push(refused(0x8F));
                         continue;
                     }
                 };
@@ -893,7 +1006,13 @@ impl Connection {
                     // MQTT-3.8.3-4: No Local on a shared subscription is a Protocol Error.
                     return Err(CloseReason::InvalidInboundMessage(InvalidKind::Protocol));
                 }
-                let plain_filter = parsed.filter.to_string();
+                if !self.session.subscriptions.contains_key(&request.filter)
+                    && self.session.subscriptions.len() >= limits.max_subscriptions_per_client
+                {
+                    // 0x97 Quota exceeded (limits.max_subscriptions_per_client).
+                    reason_codes.push(refused(0x97));
+                    continue;
+                }
                 let options = SubscriptionOptions {
                     qos: request.qos,
                     no_local: request.no_local,
@@ -917,12 +1036,11 @@ impl Connection {
                         RetainHandling::SendIfNew => !existed,
                         RetainHandling::DoNotSend => false,
                     };
+                // One SUBSCRIBE naming a filter twice replaces one subscription: its retained
+                // messages go once, with the last options.
+                retained_for.retain(|(f, _)| f != parsed.filter);
                 if send_retained {
-                    retained_for.push((
-                        plain_filter,
-                        request.qos,
-                        subscribe.subscription_identifier,
-                    ));
+                    retained_for.push((parsed.filter.to_string(), request.qos));
                 }
             }
             self.broker.stats.subscriptions.set(table.len() as f64);
@@ -932,31 +1050,59 @@ impl Connection {
             reason_codes,
             reason_string: None,
         };
-        self.send(&Packet::SubAck(suback), wbuf)?;
-        if !retained_for.is_empty() {
-            let retained = self.broker.retained();
-            let mut messages = Vec::new();
-            for (filter, qos, id) in retained_for {
-                messages.clear();
-                retained.matching(&filter, &mut messages);
-                for message in &messages {
-                    self.local.push_back(Delivery {
-                        message: message.clone(),
-                        qos: message.qos.min(qos),
-                        // MQTT-3.3.1-8: retained messages sent on subscribe keep RETAIN 1.
-                        retain: true,
-                        subscription_identifiers: id.into_iter().collect(),
-                    });
+        self.send(&Packet::SubAck(suback), out)?;
+        self.queue_retained(retained_for, subscribe.subscription_identifier);
+        Ok(())
+    }
+
+    /// Retained messages for new subscriptions go through the session's queue, after the
+    /// SUBACK and behind what is already queued, so the queue's limits apply: a SUBSCRIBE
+    /// matching more than the queue holds meets `queue_full_policy` like any other burst.
+    fn queue_retained(&mut self, filters: Vec<(String, QoS)>, id: Option<u32>) {
+        if filters.is_empty() {
+            return;
+        }
+        // One more than the queue holds: enough to meet the policy (an overflow under
+        // `disconnect`), never the whole retained store in memory at once.
+        let capacity = self.broker.config.limits.max_queue_depth + 1;
+        let retained = self.broker.retained();
+        let mut messages = Vec::new();
+        let mut dropped = 0;
+        for (filter, qos) in filters {
+            messages.clear();
+            if retained.matching_up_to(&filter, capacity, &mut messages) {
+                // More match than the queue can ever hold at once: those beyond are dropped
+                // by the policy (or the overflow closes the session first).
+                dropped += retained.count_matching(&filter) - messages.len();
+            }
+            for message in messages.drain(..) {
+                let delivery = Delivery {
+                    qos: message.qos.min(qos),
+                    message,
+                    // MQTT-3.3.1-8: retained messages sent on subscribe keep RETAIN 1.
+                    retain: true,
+                    subscription_identifiers: id.into_iter().collect(),
+                };
+                match self.outbox.offer(delivery) {
+                    Offer::Queued | Offer::NotQueuedOffline => {}
+                    Offer::DroppedQueueFull(n) => dropped += n,
+                    // The connection closes with message_queue_limit_reached.
+                    Offer::Overflowed | Offer::Closed => return,
                 }
             }
         }
-        Ok(())
+        if dropped > 0 {
+            self.broker
+                .stats
+                .dropped_queue_full
+                .increment(dropped as u64);
+        }
     }
 
     fn handle_unsubscribe(
         &mut self,
         unsubscribe: Unsubscribe,
-        wbuf: &mut BytesMut,
+        out: &mut OutBuf,
     ) -> Result<(), CloseReason> {
         let mut reason_codes = Vec::with_capacity(unsubscribe.filters.len());
         {
@@ -973,7 +1119,7 @@ impl Connection {
                 packet_id: unsubscribe.packet_id,
                 reason_codes,
             }),
-            wbuf,
+            out,
         )
     }
 
@@ -992,16 +1138,16 @@ impl Connection {
 
     /// After a resume: unacknowledged messages go again, PUBLISH with DUP, PUBREL as PUBREL
     /// (MQTT-4.4.0-1).
-    fn resend_inflight(&mut self, wbuf: &mut BytesMut) {
+    fn resend_inflight(&mut self, out: &mut OutBuf) {
         let inflight: Vec<InflightOut> = self.session.inflight_out.iter().cloned().collect();
         for entry in inflight {
             match entry.state {
                 OutboundState::AwaitingPubAck | OutboundState::AwaitingPubRec => {
-                    let publish = self.outbound_publish(&entry.delivery, entry.packet_id, true);
-                    let _ = self.send(&Packet::Publish(publish), wbuf);
+                    let outgoing = self.outgoing(&entry.delivery, entry.packet_id, true);
+                    self.write_publish(&outgoing, &entry.delivery.message.payload, out);
                 }
                 OutboundState::AwaitingPubComp => {
-                    let _ = self.send(&Packet::PubRel(Ack::success(entry.packet_id)), wbuf);
+                    let _ = self.send(&Packet::PubRel(Ack::success(entry.packet_id)), out);
                 }
             }
         }
@@ -1017,35 +1163,19 @@ impl Connection {
         )
     }
 
-    /// Moves deliveries from the local list and the outbox into `wbuf`, within the in-flight
-    /// window and the write high-water mark. Counts what it sent once per batch, not per
-    /// message.
-    fn pump(&mut self, wbuf: &mut BytesMut) {
+    /// Moves deliveries from the outbox into `out`, within the in-flight window and the write
+    /// high-water mark. Counts what it sent once per batch, not per message.
+    fn pump(&mut self, out: &mut OutBuf) {
         let mut sent = [0u64; 3];
-        while wbuf.len() < WRITE_HIGH_WATER {
-            let mut budget = self
+        while out.len() < WRITE_HIGH_WATER {
+            let budget = self
                 .inflight_limit()
                 .saturating_sub(self.session.inflight_out.len());
             let mut batch = std::mem::take(&mut self.scratch);
-            while batch.len() < DRAIN_BATCH {
-                let Some(front) = self.local.front() else {
-                    break;
-                };
-                if front.qos != QoS::AtMostOnce {
-                    if budget == 0 {
-                        break;
-                    }
-                    budget -= 1;
-                }
-                batch.extend(self.local.pop_front());
-            }
-            if self.local.is_empty() {
-                self.outbox
-                    .drain(DRAIN_BATCH - batch.len(), budget, &mut batch);
-            }
+            self.outbox.drain(DRAIN_BATCH, budget, &mut batch);
             let empty = batch.is_empty();
             for delivery in batch.drain(..) {
-                if let Some(qos) = self.deliver(delivery, wbuf) {
+                if let Some(qos) = self.deliver(delivery, out) {
                     sent[qos as usize] += 1;
                 }
             }
@@ -1061,72 +1191,96 @@ impl Connection {
         }
     }
 
-    /// The PUBLISH for `delivery`, without a topic alias.
-    fn outbound_publish(&self, delivery: &Delivery, packet_id: u16, dup: bool) -> Publish {
+    /// The PUBLISH for `delivery` as it would go without a topic alias, borrowing everything
+    /// from the shared message.
+    fn outgoing<'a>(&self, delivery: &'a Delivery, packet_id: u16, dup: bool) -> Outgoing<'a> {
         let message = &delivery.message;
-        let mut publish = Publish {
+        let v5 = self.version == Version::V5;
+        Outgoing {
             dup,
             qos: delivery.qos,
             retain: delivery.retain,
-            topic: message.topic.to_string(),
+            topic: &message.topic,
             packet_id,
-            payload: message.payload.clone(),
             topic_alias: None,
-            subscription_identifiers: Vec::new(),
-            properties: Default::default(),
-        };
-        if self.version == Version::V5 {
-            publish.subscription_identifiers = delivery.subscription_identifiers.clone();
-            publish.properties = message.properties.clone();
-            publish.properties.message_expiry_interval = message.remaining_expiry(Instant::now());
+            subscription_identifiers: if v5 {
+                &delivery.subscription_identifiers
+            } else {
+                &[]
+            },
+            message_expiry: if v5 {
+                message.remaining_expiry(Instant::now())
+            } else {
+                None
+            },
+            properties: if v5 { &message.properties } else { &[] },
+            payload_len: message.payload.len(),
         }
-        publish
     }
 
-    /// Replaces the topic by an alias when the client accepts them (v5 §3.3.2.3.4): a known
-    /// topic goes as alias alone; a new one gets the next free alias while any is left.
-    fn apply_topic_alias(&mut self, topic: &Arc<str>, publish: &mut Publish) {
+    /// The topic alias to use for `topic` (v5 §3.3.2.3.4): `(alias, known)`. A known topic
+    /// goes as its alias alone; a new one gets the next free alias while any is left and the
+    /// table stays under [`OUTBOUND_ALIAS_BYTES`] of topics (a client offering 65,535 aliases
+    /// must not make brokk keep every long topic it ever sent).
+    fn topic_alias(&mut self, topic: &Arc<str>) -> Option<(u16, bool)> {
         if self.version != Version::V5 || self.client_topic_alias_maximum == 0 {
-            return;
+            return None;
         }
         if let Some(alias) = self.outbound_aliases.get(topic) {
-            publish.topic_alias = Some(*alias);
-            publish.topic.clear();
-        } else if self.outbound_aliases.len() < usize::from(self.client_topic_alias_maximum) {
-            let alias = self.outbound_aliases.len() as u16 + 1;
-            self.outbound_aliases.insert(topic.clone(), alias);
-            publish.topic_alias = Some(alias);
+            return Some((*alias, true));
+        }
+        let entries_left =
+            self.outbound_aliases.len() < usize::from(self.client_topic_alias_maximum);
+        let bytes_left = self.outbound_alias_bytes + topic.len() <= OUTBOUND_ALIAS_BYTES;
+        if !(entries_left && bytes_left) {
+            return None;
+        }
+        let alias = self.outbound_aliases.len() as u16 + 1;
+        self.outbound_aliases.insert(topic.clone(), alias);
+        self.outbound_alias_bytes += topic.len();
+        Some((alias, false))
+    }
+
+    /// Appends one PUBLISH: the head encoded, the payload copied or referenced.
+    fn write_publish(&self, outgoing: &Outgoing<'_>, payload: &bytes::Bytes, out: &mut OutBuf) {
+        match protocol::encode_outgoing_head(outgoing, self.version, out.buf()) {
+            Ok(()) => out.put_payload(payload),
+            Err(error) => {
+                tracing::error!(client_id = %LogId(&self.client_id), %error, "PUBLISH could not be encoded")
+            }
         }
     }
 
-    /// Encodes one delivery into `wbuf`; the QoS it went at, or `None` if it was dropped.
-    fn deliver(&mut self, delivery: Delivery, wbuf: &mut BytesMut) -> Option<QoS> {
-        let broker = self.broker.clone();
-        let stats = &broker.stats;
+    /// Encodes one delivery into `out`; the QoS it went at, or `None` if it was dropped.
+    fn deliver(&mut self, delivery: Delivery, out: &mut OutBuf) -> Option<QoS> {
+        let stats = &self.broker.stats;
         if delivery.message.is_expired(Instant::now()) {
             stats.dropped_expired.increment(1);
             return None;
+        }
+        // The client's Maximum Packet Size (MQTT-3.1.2-24), measured without an alias: the
+        // largest form this message could take.
+        if let Some(limit) = self.client_maximum_packet_size {
+            let size = self.outgoing(&delivery, 1, false).len(self.version);
+            if size.unwrap_or(usize::MAX) > limit as usize {
+                stats.dropped_too_large.increment(1);
+                return None;
+            }
         }
         let packet_id = if delivery.qos == QoS::AtMostOnce {
             0
         } else {
             self.session.allocate_packet_id()?
         };
-        let mut publish = self.outbound_publish(&delivery, packet_id, false);
-        // The client's Maximum Packet Size (MQTT-3.1.2-24), measured without an alias: the
-        // largest form this message could take.
-        if let Some(limit) = self.client_maximum_packet_size {
-            let size = protocol::publish_len(&publish, self.version).unwrap_or(usize::MAX);
-            if size > limit as usize {
-                stats.dropped_too_large.increment(1);
-                return None;
+        let alias = self.topic_alias(&delivery.message.topic);
+        let mut outgoing = self.outgoing(&delivery, packet_id, false);
+        if let Some((alias, known)) = alias {
+            outgoing.topic_alias = Some(alias);
+            if known {
+                outgoing.topic = "";
             }
         }
-        self.apply_topic_alias(&delivery.message.topic, &mut publish);
-        if let Err(error) = protocol::encode_publish(&publish, self.version, wbuf) {
-            tracing::error!(client_id = %self.client_id, %error, "PUBLISH could not be encoded");
-            return None;
-        }
+        self.write_publish(&outgoing, &delivery.message.payload, out);
         let qos = delivery.qos;
         if qos != QoS::AtMostOnce {
             let state = if qos == QoS::AtLeastOnce {
@@ -1150,10 +1304,12 @@ impl Connection {
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
-        let peer_gone = matches!(
-            reason,
-            CloseReason::ConnectionLost | CloseReason::IoException
-        );
+        // Nothing more can be written to a peer that is gone, or that has stopped reading.
+        let peer_gone = self.output_stalled
+            || matches!(
+                reason,
+                CloseReason::ConnectionLost | CloseReason::IoException
+            );
         if !peer_gone {
             let deadline = CLOSE_WRITE_TIMEOUT;
             if self.version == Version::V5
@@ -1170,7 +1326,7 @@ impl Connection {
                         disconnect.reason_string = None;
                     }
                 }
-                let _ = self.send(&Packet::Disconnect(disconnect), &mut io.wbuf);
+                let _ = self.send(&Packet::Disconnect(disconnect), &mut io.out);
             }
             let _ = tokio::time::timeout(deadline, io.flush_all()).await;
             let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, io.writer.shutdown()).await;
@@ -1248,6 +1404,13 @@ impl Connection {
                 }
             }
         }
-        log_close(Some(&self.client_id), self.peer, reason, started, None);
+        let detail = self.close_detail.take();
+        log_close(
+            Some(&self.client_id),
+            self.peer,
+            reason,
+            started,
+            detail.as_deref(),
+        );
     }
 }

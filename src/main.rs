@@ -1,4 +1,5 @@
-//! The `brokk` binary: CLI, configuration, logging, and running until SIGINT or SIGTERM.
+//! The `brokk` binary: CLI, configuration, logging, and running until SIGINT or SIGTERM;
+//! SIGHUP reloads the password file, the ACL file and the JWT key.
 
 use std::io::{BufRead, IsTerminal};
 use std::path::{Path, PathBuf};
@@ -100,13 +101,16 @@ fn check_config(config: &Config) -> ExitCode {
 
 async fn run(config: Config) -> ExitCode {
     // Signal handlers first: a SIGTERM that arrives while the listeners open still means a
-    // graceful stop, not the default kill.
+    // graceful stop, not the default kill; a SIGHUP, a reload rather than an exit.
     let signal = shutdown_signal();
+    let hangups = hangup_signal();
     let server = match Server::start(config).await {
         Ok(server) => server,
         Err(error) => return start_failed(&error),
     };
+    let reloader = tokio::spawn(reload_on_hangup(hangups, server.broker().clone()));
     signal.await;
+    reloader.abort();
     tracing::info!("shutting down");
     server.shutdown().await;
     tracing::info!("stopped");
@@ -156,6 +160,46 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
+
+/// Registers SIGHUP now, so that from here on it reloads instead of ending the process.
+#[cfg(unix)]
+fn hangup_signal() -> Option<tokio::signal::unix::Signal> {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::hangup()) {
+        Ok(hangups) => Some(hangups),
+        Err(error) => {
+            tracing::warn!(%error, "cannot handle SIGHUP; reloads need a restart");
+            None
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn hangup_signal() -> Option<()> {
+    None
+}
+
+/// Each SIGHUP reloads `[auth]`'s files. The reload logs what changed, or why it failed (the
+/// rules in force then stay).
+#[cfg(unix)]
+async fn reload_on_hangup(
+    hangups: Option<tokio::signal::unix::Signal>,
+    broker: std::sync::Arc<brokk::broker::Broker>,
+) {
+    let Some(mut hangups) = hangups else {
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading the password file, the ACL file and the JWT key");
+        let broker = broker.clone();
+        if let Err(error) = tokio::task::spawn_blocking(move || broker.auth.reload()).await {
+            tracing::error!(%error, "the reload did not finish");
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn reload_on_hangup(_: Option<()>, _: std::sync::Arc<brokk::broker::Broker>) {}
 
 fn passwd(delete: bool, file: &Path, user: &str) -> ExitCode {
     if delete {

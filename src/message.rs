@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use crate::protocol::{MessageProperties, QoS};
+use crate::protocol::QoS;
 
 #[derive(Debug)]
 pub struct Message {
@@ -16,13 +16,24 @@ pub struct Message {
     pub qos: QoS,
     /// The publisher's RETAIN flag (for Retain As Published).
     pub retain: bool,
-    /// v5 properties passed through; `message_expiry_interval` is rewritten on send from
-    /// `expires_at`, so the subscriber sees the time left (MQTT-3.3.2-6).
-    pub properties: MessageProperties,
+    /// The v5 properties passed through, encoded once (`encode_passthrough_properties`), so
+    /// each delivery copies bytes instead of cloning parsed properties. Message Expiry is not
+    /// among them: it is written per delivery from `expires_at`, so the subscriber sees the
+    /// time left (MQTT-3.3.2-6).
+    pub properties: Bytes,
     pub expires_at: Option<Instant>,
 }
 
+/// What a queued message is charged against a queue's byte limit beyond its payload, topic
+/// and properties: the delivery record and the share of the message's own bookkeeping.
+const QUEUE_OVERHEAD: usize = 96;
+
 impl Message {
+    /// The bytes this message counts for in a queue (`limits.max_queue_bytes`).
+    pub fn queue_cost(&self) -> usize {
+        self.payload.len() + self.topic.len() + self.properties.len() + QUEUE_OVERHEAD
+    }
+
     pub fn is_expired(&self, now: Instant) -> bool {
         self.expires_at.is_some_and(|at| at <= now)
     }

@@ -64,6 +64,54 @@ pub const SESSION_STATES: [&str; 2] = ["connected", "disconnected"];
 pub const PROTOCOLS: [&str; 2] = ["3.1.1", "5.0"];
 /// `brokk_connects_total{result}` values.
 pub const CONNECT_RESULTS: [&str; 2] = ["accepted", "refused"];
+/// `brokk_connects_total{result="refused",code}` values brokk produces, created at 0. An
+/// accepted CONNECT carries no `code` label.
+pub const REFUSAL_CODES: [&str; 10] = [
+    "bad_credentials",
+    "not_authorized",
+    "server_busy",
+    "server_unavailable",
+    "banned",
+    "quota_exceeded",
+    "bad_authentication_method",
+    "client_identifier_not_valid",
+    "topic_name_invalid",
+    "unsupported_protocol_version",
+];
+
+/// The `code` label of a refused CONNECT, from its v5 CONNACK reason code (the snake_case of
+/// the MQTT 5.0 reason name; 0x86 is `bad_credentials`).
+pub fn refusal_code(reason_code: u8) -> &'static str {
+    match reason_code {
+        0x84 => "unsupported_protocol_version",
+        0x85 => "client_identifier_not_valid",
+        0x86 => "bad_credentials",
+        0x87 => "not_authorized",
+        0x88 => "server_unavailable",
+        0x89 => "server_busy",
+        0x8A => "banned",
+        0x8C => "bad_authentication_method",
+        0x90 => "topic_name_invalid",
+        0x95 => "packet_too_large",
+        0x97 => "quota_exceeded",
+        0x99 => "payload_format_invalid",
+        0x9A => "retain_not_supported",
+        0x9B => "qos_not_supported",
+        0x9C => "use_another_server",
+        0x9D => "server_moved",
+        0x9F => "connection_rate_exceeded",
+        0x81 => "malformed_packet",
+        0x82 => "protocol_error",
+        0x83 => "implementation_specific_error",
+        _ => "unspecified_error",
+    }
+}
+
+/// Counts a CONNECT refused with CONNACK `reason_code` (v5 numbering).
+pub fn count_refused_connect(protocol: &'static str, reason_code: u8) {
+    counter!(CONNECTS, "protocol" => protocol, "result" => "refused", "code" => refusal_code(reason_code))
+        .increment(1);
+}
 /// `brokk_messages_{received,sent}_total{qos}` values.
 pub const QOS_LABELS: [&str; 3] = ["0", "1", "2"];
 /// `brokk_messages_dropped_total{reason}` values known at start (others may appear later).
@@ -82,7 +130,7 @@ pub fn describe() {
     describe_counter!(CONNECTIONS_CLOSED, "Connections closed, by close reason.");
     describe_counter!(
         CONNECTS,
-        "CONNECT packets handled, by protocol version and result."
+        "CONNECT packets handled, by protocol version and result (refusals by code)."
     );
     describe_counter!(
         MESSAGES_RECEIVED,
@@ -140,8 +188,10 @@ fn initialise() {
         counter!(CONNECTIONS_CLOSED, "reason" => reason.label()).increment(0);
     }
     for protocol in PROTOCOLS {
-        for result in CONNECT_RESULTS {
-            counter!(CONNECTS, "protocol" => protocol, "result" => result).increment(0);
+        counter!(CONNECTS, "protocol" => protocol, "result" => "accepted").increment(0);
+        for code in REFUSAL_CODES {
+            counter!(CONNECTS, "protocol" => protocol, "result" => "refused", "code" => code)
+                .increment(0);
         }
     }
     for qos in QOS_LABELS {
@@ -298,6 +348,14 @@ mod tests {
             "{body}"
         );
         assert!(body.contains("protocol=\"3.1.1\""), "{body}");
+        for code in REFUSAL_CODES {
+            let line =
+                format!("{CONNECTS}{{protocol=\"5.0\",result=\"refused\",code=\"{code}\"}} ");
+            assert!(body.contains(&line), "{line} missing:\n{body}");
+        }
+        assert!(body.contains(&format!(
+            "{CONNECTS}{{protocol=\"3.1.1\",result=\"accepted\"}} "
+        )));
         assert!(body.contains(&format!(
             "{MESSAGES_DROPPED}{{reason=\"too_large_for_client\"}} "
         )));

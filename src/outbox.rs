@@ -18,9 +18,9 @@ use crate::protocol::QoS;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Offer {
     Queued,
-    /// Dropped by policy (`drop_oldest` dropped an older one, `drop_newest` this one); counted
-    /// by the caller as `queue_full`.
-    DroppedQueueFull,
+    /// Dropped by policy (`drop_oldest` dropped older ones to make room, `drop_newest` this
+    /// one): how many; counted by the caller as `queue_full`.
+    DroppedQueueFull(usize),
     /// QoS 0 for a session whose client is away: not queued (MQTT allows discarding it).
     NotQueuedOffline,
     /// The queue hit its limit under `disconnect`: the session must be closed and discarded.
@@ -33,6 +33,8 @@ pub enum Offer {
 #[derive(Debug)]
 struct State {
     queue: VecDeque<Delivery>,
+    /// What the queued deliveries cost against the byte limit (`Message::queue_cost`).
+    bytes: usize,
     connected: bool,
     overflowed: bool,
     closed: bool,
@@ -43,31 +45,59 @@ pub struct Outbox {
     state: Mutex<State>,
     /// Wakes the connection task when something was queued or the queue overflowed.
     notify: Notify,
-    limit_connected: usize,
-    limit_disconnected: usize,
-    policy: QueueFullPolicy,
+    limits: QueueLimits,
     /// `brokk_queued_messages`, shared by every outbox; kept in step with each push and pop.
     queued: metrics::Gauge,
 }
 
+/// A queue's bounds, connected and disconnected, in messages and in bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct QueueLimits {
+    pub depth: usize,
+    pub depth_disconnected: usize,
+    pub bytes: usize,
+    pub bytes_disconnected: usize,
+    pub policy: QueueFullPolicy,
+}
+
+impl QueueLimits {
+    pub fn from_config(limits: &crate::config::Limits) -> QueueLimits {
+        QueueLimits {
+            depth: limits.max_queue_depth,
+            depth_disconnected: limits.max_queue_depth_disconnected,
+            bytes: limits.max_queue_bytes,
+            bytes_disconnected: limits.max_queue_bytes_disconnected,
+            policy: limits.queue_full_policy,
+        }
+    }
+}
+
+impl State {
+    /// Whether one more delivery of `cost` bytes fits. An empty queue takes any one message,
+    /// so a byte limit below the largest packet never blocks a session for good.
+    fn fits(&self, depth: usize, bytes: usize, cost: usize) -> bool {
+        self.queue.len() < depth && (self.queue.is_empty() || self.bytes + cost <= bytes)
+    }
+
+    fn pop_front(&mut self) -> Option<Delivery> {
+        let delivery = self.queue.pop_front()?;
+        self.bytes -= delivery.message.queue_cost();
+        Some(delivery)
+    }
+}
+
 impl Outbox {
-    pub fn new(
-        limit_connected: usize,
-        limit_disconnected: usize,
-        policy: QueueFullPolicy,
-        queued: metrics::Gauge,
-    ) -> Outbox {
+    pub fn new(limits: QueueLimits, queued: metrics::Gauge) -> Outbox {
         Outbox {
             state: Mutex::new(State {
                 queue: VecDeque::new(),
+                bytes: 0,
                 connected: true,
                 overflowed: false,
                 closed: false,
             }),
             notify: Notify::new(),
-            limit_connected,
-            limit_disconnected,
-            policy,
+            limits,
             queued,
         }
     }
@@ -89,29 +119,40 @@ impl Outbox {
             if !state.connected && delivery.qos == QoS::AtMostOnce {
                 return Offer::NotQueuedOffline;
             }
-            let limit = if state.connected {
-                self.limit_connected
+            let (depth, bytes) = if state.connected {
+                (self.limits.depth, self.limits.bytes)
             } else {
-                self.limit_disconnected
+                (
+                    self.limits.depth_disconnected,
+                    self.limits.bytes_disconnected,
+                )
             };
-            if state.queue.len() < limit {
+            let cost = delivery.message.queue_cost();
+            if state.fits(depth, bytes, cost) {
+                state.bytes += cost;
                 state.queue.push_back(delivery);
                 self.queued.increment(1.0);
                 Offer::Queued
             } else {
-                match self.policy {
+                match self.limits.policy {
                     QueueFullPolicy::Disconnect => {
                         state.overflowed = true;
                         self.queued.decrement(state.queue.len() as f64);
                         state.queue.clear();
+                        state.bytes = 0;
                         Offer::Overflowed
                     }
                     QueueFullPolicy::DropOldest => {
-                        state.queue.pop_front();
+                        let mut dropped = 0;
+                        while !state.fits(depth, bytes, cost) && state.pop_front().is_some() {
+                            dropped += 1;
+                        }
+                        state.bytes += cost;
                         state.queue.push_back(delivery);
-                        Offer::DroppedQueueFull
+                        self.queued.decrement(dropped as f64 - 1.0);
+                        Offer::DroppedQueueFull(dropped)
                     }
-                    QueueFullPolicy::DropNewest => return Offer::DroppedQueueFull,
+                    QueueFullPolicy::DropNewest => return Offer::DroppedQueueFull(1),
                 }
             }
         };
@@ -134,7 +175,7 @@ impl Outbox {
                 }
                 qos_budget -= 1;
             }
-            if let Some(delivery) = state.queue.pop_front() {
+            if let Some(delivery) = state.pop_front() {
                 out.push(delivery);
                 moved += 1;
             }
@@ -143,15 +184,6 @@ impl Outbox {
             self.queued.decrement(moved as f64);
         }
         moved
-    }
-
-    /// Puts deliveries back at the front (a connection that closed before sending them).
-    pub fn requeue_front(&self, deliveries: Vec<Delivery>) {
-        let mut state = self.lock();
-        self.queued.increment(deliveries.len() as f64);
-        for delivery in deliveries.into_iter().rev() {
-            state.queue.push_front(delivery);
-        }
     }
 
     pub fn len(&self) -> usize {
@@ -174,6 +206,7 @@ impl Outbox {
         let before = state.queue.len();
         if !connected {
             state.queue.retain(|d| d.qos != QoS::AtMostOnce);
+            state.bytes = state.queue.iter().map(|d| d.message.queue_cost()).sum();
         }
         let dropped = before - state.queue.len();
         if dropped > 0 {
@@ -187,6 +220,7 @@ impl Outbox {
         let mut state = self.lock();
         let n = state.queue.len();
         state.queue.clear();
+        state.bytes = 0;
         if n > 0 {
             self.queued.decrement(n as f64);
         }
@@ -199,6 +233,7 @@ impl Outbox {
         state.closed = true;
         let n = state.queue.len();
         state.queue.clear();
+        state.bytes = 0;
         if n > 0 {
             self.queued.decrement(n as f64);
         }

@@ -379,14 +379,11 @@ impl Default for Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::QueueFullPolicy;
     use crate::protocol::Version;
 
     fn outbox() -> Arc<Outbox> {
         Arc::new(Outbox::new(
-            10,
-            10,
-            QueueFullPolicy::Disconnect,
+            crate::outbox::QueueLimits::from_config(&crate::config::Limits::default()),
             metrics::Gauge::noop(),
         ))
     }

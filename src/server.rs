@@ -228,7 +228,7 @@ impl Drop for ConnectionSlot {
 async fn accept_loop(
     broker: Arc<Broker>,
     socket: TcpListener,
-    tls: Option<(tokio_rustls::TlsAcceptor, Duration)>,
+    tls: Option<crate::tls::TlsListener>,
     mut shutdown: watch::Receiver<bool>,
     drain: mpsc::Sender<()>,
 ) {
@@ -255,6 +255,7 @@ async fn accept_loop(
             peer,
             over_limit: open > broker.config.limits.max_connections,
             shutdown: shutdown.clone(),
+            identity: crate::auth::PeerIdentity::None,
         };
         let tls = tls.clone();
         let drain = drain.clone();
@@ -269,7 +270,7 @@ async fn accept_loop(
 async fn serve_socket(
     ctx: ConnectionContext,
     stream: TcpStream,
-    tls: Option<(tokio_rustls::TlsAcceptor, Duration)>,
+    tls: Option<crate::tls::TlsListener>,
 ) {
     match tls {
         None => {
@@ -277,11 +278,18 @@ async fn serve_socket(
             connection::serve_halves(ctx, reader, writer).await
         }
         // Boxed: a TLS session is large, and plain connections should not carry its size.
-        Some((acceptor, timeout)) => {
+        Some(tls) => {
             Box::pin(async move {
                 let started = Instant::now();
-                match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(tls_stream)) => connection::serve(ctx, tls_stream).await,
+                let mut ctx = ctx;
+                match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream)).await
+                {
+                    Ok(Ok(tls_stream)) => {
+                        if tls.identity_as_username {
+                            ctx.identity = crate::tls::peer_identity(tls_stream.get_ref().1);
+                        }
+                        connection::serve(ctx, tls_stream).await
+                    }
                     Ok(Err(error)) => connection::log_close(
                         None,
                         ctx.peer,

@@ -10,10 +10,51 @@ use std::sync::Arc;
 
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::pem::{self, PemObject, SectionKind};
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::pki_types::{
+    CertificateDer, CertificateRevocationListDer, PrivateKeyDer,
+};
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
 
+use crate::auth::PeerIdentity;
 use crate::config::TlsConfig;
+
+/// What a TLS listener's connections need: the acceptor, the handshake deadline, and whether
+/// the client certificate names the user.
+#[derive(Clone)]
+pub struct TlsListener {
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    pub handshake_timeout: std::time::Duration,
+    pub identity_as_username: bool,
+}
+
+pub fn listener(name: &str, config: &TlsConfig) -> Result<TlsListener, TlsError> {
+    Ok(TlsListener {
+        acceptor: acceptor(name, config)?,
+        handshake_timeout: config.handshake_timeout,
+        identity_as_username: config.identity_as_username,
+    })
+}
+
+/// The user a verified client certificate names: its subject's first Common Name (as
+/// Mosquitto's `use_identity_as_username`).
+pub fn peer_identity(connection: &rustls::ServerConnection) -> PeerIdentity {
+    let Some(cert) = connection.peer_certificates().and_then(|c| c.first()) else {
+        return PeerIdentity::MissingCommonName;
+    };
+    let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert.as_ref()) else {
+        return PeerIdentity::MissingCommonName;
+    };
+    let common_name = parsed
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .filter(|cn| !cn.is_empty() && !cn.contains('\0'));
+    match common_name {
+        Some(cn) => PeerIdentity::Certificate(Arc::from(cn)),
+        None => PeerIdentity::MissingCommonName,
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -87,6 +128,25 @@ fn load_certs(
         ));
     }
     Ok(certs)
+}
+
+/// Every CRL in a PEM file; at least one.
+fn load_crls(
+    listener: &str,
+    path: &Path,
+) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let pem = read(listener, "crl", path)?;
+    let crls = CertificateRevocationListDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| key_error(listener, "crl", format!("{}: bad PEM: {e}", path.display())))?;
+    if crls.is_empty() {
+        return Err(key_error(
+            listener,
+            "crl",
+            format!("no certificate revocation list found in {}", path.display()),
+        ));
+    }
+    Ok(crls)
 }
 
 /// The first private key (PKCS#8, PKCS#1 or SEC1) in a PEM file.
@@ -170,11 +230,19 @@ pub fn acceptor(listener: &str, config: &TlsConfig) -> Result<tokio_rustls::TlsA
                 })?;
             }
             // Without allow_unauthenticated(), a client with no certificate fails the handshake.
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
-                .build()
-                .map_err(|e| {
-                    key_error(listener, "client_ca", format!("{}: {e}", ca_path.display()))
-                })?;
+            let mut verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
+            if let Some(crl) = &config.crl {
+                // The client's own certificate is checked, as OpenSSL's CRL_CHECK does (not
+                // the intermediates); a certificate whose issuer has no CRL in the file is
+                // refused, so a missing CRL cannot silently let a revoked client in.
+                verifier = verifier
+                    .with_crls(load_crls(listener, crl)?)
+                    .only_check_end_entity_revocation();
+            }
+            let verifier = verifier.build().map_err(|e| {
+                key_error(listener, "client_ca", format!("{}: {e}", ca_path.display()))
+            })?;
             builder.with_client_cert_verifier(verifier)
         }
     };
@@ -251,6 +319,8 @@ pub(crate) mod tests {
                 key: self.path("server.key"),
                 client_ca: mtls.then(|| self.path("ca.pem")),
                 handshake_timeout: Duration::from_secs(10),
+                identity_as_username: false,
+                crl: None,
             }
         }
 

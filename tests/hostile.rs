@@ -15,8 +15,6 @@ use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const MIB: u64 = 1024 * 1024;
-
 // ---------------------------------------------------------------------------------------
 // Exact-byte packet builders
 // ---------------------------------------------------------------------------------------
@@ -271,42 +269,6 @@ async fn still_serves(addr: SocketAddr) {
     );
     raw.send(&[0xE0, 0x00]).await;
     timeout(raw.until_closed()).await;
-}
-
-fn series(reason: &str) -> String {
-    format!("brokk_connections_closed_total{{reason=\"{reason}\"}}")
-}
-
-/// Waits until the close counter for `reason` reaches `n` and asserts it is exactly `n`.
-async fn closed_exactly(broker: &TestBroker, reason: &str, n: f64) {
-    assert_eq!(broker.wait_metric(&series(reason), n).await, n, "{reason}");
-}
-
-async fn closed_at_least(broker: &TestBroker, reason: &str, n: f64) {
-    let got = broker.wait_metric(&series(reason), n).await;
-    assert!(got >= n, "{reason}: {got} < {n}");
-}
-
-/// Resident memory of this process (the broker runs in it).
-fn rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS");
-    kb * 1024
-}
-
-fn assert_growth_below(before: u64, limit: u64, what: &str) {
-    let after = rss();
-    let growth = after.saturating_sub(before);
-    assert!(
-        growth < limit,
-        "{what}: resident memory grew by {} MiB (limit {} MiB)",
-        growth / MIB,
-        limit / MIB
-    );
 }
 
 /// A new connection's first bytes, then the fresh-client probe, for the simple

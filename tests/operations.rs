@@ -70,6 +70,8 @@ async fn tls_listener_serves_mqtt_and_refuses_clients_without_a_certificate() {
                     key: path("server.key"),
                     client_ca: Some(path("ca.pem")),
                     handshake_timeout: Duration::from_secs(5),
+                    identity_as_username: false,
+                    crl: None,
                 }),
             },
         );
@@ -125,12 +127,12 @@ async fn wrong_passwords_are_refused_and_counted_as_aborted() {
             .await,
         3.0
     );
-    assert_eq!(
-        broker
-            .metric("brokk_connects_total{protocol=\"5.0\",result=\"refused\"}")
-            .await,
-        2.0
-    );
+    // Refusals carry their reason in a `code` label.
+    for code in ["bad_credentials", "not_authorized"] {
+        let series =
+            format!("brokk_connects_total{{protocol=\"5.0\",result=\"refused\",code=\"{code}\"}}");
+        assert_eq!(broker.metric(&series).await, 1.0, "{series}");
+    }
     broker.stop().await;
 }
 
@@ -387,6 +389,7 @@ async fn connection_task_state_stays_small() {
         peer: "127.0.0.1:1".parse().expect("addr"),
         over_limit: false,
         shutdown,
+        identity: brokk::auth::PeerIdentity::None,
     };
     let task = brokk::connection::serve(ctx, stream);
     let size = std::mem::size_of_val(&task);

@@ -44,7 +44,7 @@ async fn logs_go_to_stderr_starting_with_version_and_config_source() {
     assert_eq!(field(&line, "protocol"), Some("\"5.0\""), "{line}");
     assert_eq!(field(&line, "clean_start"), Some("true"), "{line}");
     assert_eq!(field(&line, "keep_alive"), Some("45"), "{line}");
-    assert_eq!(field(&line, "user"), Some("\"alice\""), "{line}");
+    assert_eq!(field(&line, "user"), Some("alice"), "{line}");
 
     assert_eq!(brokk.stdout(), "", "stdout stays free");
     let stdout = brokk.stdout();

@@ -137,6 +137,8 @@ async fn make_certs_serves_mutual_tls() {
                     key: path("server.key"),
                     client_ca: Some(path("ca.pem")),
                     handshake_timeout: Duration::from_secs(5),
+                    identity_as_username: false,
+                    crl: None,
                 }),
             },
         );

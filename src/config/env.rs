@@ -8,12 +8,13 @@ pub(super) const PREFIX: &str = "BROKK_";
 
 /// `BROKK_` variables that are not configuration keys: read by `brokk ctl` and by the test and
 /// fuzzing scripts. Everything else with the prefix must name a key.
-pub const NOT_CONFIGURATION: [&str; 5] = [
+pub const NOT_CONFIGURATION: [&str; 6] = [
     "BROKK_ADMIN_URL",
     "BROKK_ADMIN_TOKEN",
     "BROKK_BIN",
     "BROKK_SOAK_CYCLES",
     "BROKK_FUZZ_WRITE_SEEDS",
+    "BROKK_MOSQUITTO_PASSWD",
 ];
 
 /// The top-level sections of broker.toml (kept equal to `Config`'s fields by a test), for the

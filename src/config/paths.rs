@@ -19,12 +19,15 @@ impl Config {
                 if let Some(ca) = &mut tls.client_ca {
                     paths.push((format!("listeners.{name}.tls.client_ca"), ca));
                 }
+                if let Some(crl) = &mut tls.crl {
+                    paths.push((format!("listeners.{name}.tls.crl"), crl));
+                }
             }
         }
-        paths.push((
-            "auth.password_file".to_string(),
-            &mut self.auth.password_file,
-        ));
+        let auth = &mut self.auth;
+        paths.push(("auth.password_file".to_string(), &mut auth.password_file));
+        paths.push(("auth.acl_file".to_string(), &mut auth.acl_file));
+        paths.push(("auth.jwt.key_file".to_string(), &mut auth.jwt.key_file));
         paths
     }
 
@@ -55,6 +58,8 @@ mod tests {
                     key: "/abs/server.key".into(),
                     client_ca: Some("ca.pem".into()),
                     handshake_timeout: std::time::Duration::from_secs(1),
+                    identity_as_username: false,
+                    crl: Some("crl.pem".into()),
                 }),
             },
         );
@@ -67,6 +72,7 @@ mod tests {
             tls.client_ca.as_deref(),
             Some(Path::new("/etc/brokk/ca.pem"))
         );
+        assert_eq!(tls.crl.as_deref(), Some(Path::new("/etc/brokk/crl.pem")));
         // Set by an environment variable: relative to the working directory.
         assert_eq!(config.auth.password_file, Path::new("passwd"));
 

@@ -139,6 +139,18 @@ pub fn encode_publish(
     publish::encode(publish, version, out)
 }
 
+pub use publish::{Outgoing, encode_outgoing_head, encode_passthrough_properties};
+
+/// The whole size of the packet whose fixed header starts `buf`, once that header is complete
+/// (`None` before). Lets a reader size its buffer for a large packet exactly, instead of
+/// growing it by doubling: a payload sliced from the buffer keeps the whole buffer alive.
+pub fn frame_len(buf: &[u8]) -> Option<usize> {
+    framing::parse_fixed_header(buf)
+        .ok()
+        .flatten()
+        .map(|header| header.frame_len())
+}
+
 /// [`encoded_len`] for a PUBLISH, computed arithmetically.
 pub fn publish_len(publish: &Publish, version: Version) -> Result<usize, EncodeError> {
     publish::encoded_len(publish, version)

@@ -15,8 +15,9 @@ use super::framing::{
 };
 use super::validate::{
     Ctx, Props, check_message_props, check_topic_name, message_props_len, put_message_props,
+    put_passthrough_props,
 };
-use super::{DecodeError, EncodeError, Publish, QoS, Version};
+use super::{DecodeError, EncodeError, MessageProperties, Publish, QoS, Version};
 
 fn qos_of(header: &FixedHeader) -> Result<QoS, DecodeError> {
     QoS::from_u8((header.byte1 >> 1) & 0x03).ok_or_else(|| malformed("PUBLISH with QoS 3"))
@@ -143,5 +144,126 @@ pub(crate) fn encode(p: &Publish, version: Version, out: &mut BytesMut) -> Resul
         }
     }
     out.extend_from_slice(&p.payload);
+    Ok(())
+}
+
+/// The v5 application-message properties a broker passes through from publisher to
+/// subscriber, encoded once when a message enters the broker: every delivery copies these
+/// bytes instead of cloning (and re-encoding) the parsed properties. Message Expiry Interval is
+/// left out: it is rewritten per delivery with the time left.
+pub fn encode_passthrough_properties(m: &MessageProperties) -> Result<Bytes, EncodeError> {
+    check_message_props(m)?;
+    let len = message_props_len(m) - m.message_expiry_interval.map_or(0, |_| 5);
+    if len == 0 {
+        return Ok(Bytes::new());
+    }
+    let mut out = BytesMut::with_capacity(len);
+    put_passthrough_props(&mut out, m)?;
+    Ok(out.freeze())
+}
+
+/// An outbound PUBLISH as the delivery path sees it: everything borrowed from the shared
+/// message, so writing one to a subscriber allocates nothing. The payload is written by the
+/// caller after [`encode_outgoing_head`] (copied, or referenced when large).
+#[derive(Clone, Copy, Debug)]
+pub struct Outgoing<'a> {
+    pub dup: bool,
+    pub qos: QoS,
+    pub retain: bool,
+    /// Empty when `topic_alias` names a topic the client already knows.
+    pub topic: &'a str,
+    pub packet_id: u16,
+    pub topic_alias: Option<u16>,
+    pub subscription_identifiers: &'a [u32],
+    /// Seconds left before the message expires (v5).
+    pub message_expiry: Option<u32>,
+    /// [`encode_passthrough_properties`] output (v5).
+    pub properties: &'a [u8],
+    pub payload_len: usize,
+}
+
+impl Outgoing<'_> {
+    fn props_len(&self) -> usize {
+        self.properties.len()
+            + self.message_expiry.map_or(0, |_| 5)
+            + self.topic_alias.map_or(0, |_| 3)
+            + self
+                .subscription_identifiers
+                .iter()
+                .map(|&i| 1 + varint_len(i as usize))
+                .sum::<usize>()
+    }
+
+    fn remaining_len(&self, version: Version) -> usize {
+        let mut len = 2 + self.topic.len() + self.payload_len;
+        if self.qos != QoS::AtMostOnce {
+            len += 2;
+        }
+        if version == Version::V5 {
+            let pl = self.props_len();
+            len += varint_len(pl) + pl;
+        }
+        len
+    }
+
+    /// The whole packet's size, to honour the client's Maximum Packet Size.
+    pub fn len(&self, version: Version) -> Result<usize, EncodeError> {
+        frame_size(self.remaining_len(version))
+    }
+}
+
+/// Appends an outbound PUBLISH up to (not including) its payload.
+pub fn encode_outgoing_head(
+    p: &Outgoing<'_>,
+    version: Version,
+    out: &mut BytesMut,
+) -> Result<(), EncodeError> {
+    check_len(p.topic.as_bytes())?;
+    if p.qos != QoS::AtMostOnce && p.packet_id == 0 {
+        return Err(EncodeError::Invalid(
+            "QoS > 0 PUBLISH with packet identifier 0".into(),
+        ));
+    }
+    if let Some(&id) = p
+        .subscription_identifiers
+        .iter()
+        .find(|&&i| i == 0 || i as usize > super::framing::MAX_VARINT)
+    {
+        return Err(EncodeError::Invalid(format!(
+            "subscription identifier {id} out of range"
+        )));
+    }
+    let remaining = p.remaining_len(version);
+    let size = frame_size(remaining)?;
+    let mut byte1 = 0x30 | ((p.qos as u8) << 1);
+    if p.dup && p.qos != QoS::AtMostOnce {
+        byte1 |= 0x08;
+    }
+    if p.retain {
+        byte1 |= 0x01;
+    }
+    out.reserve(size - p.payload_len);
+    out.put_u8(byte1);
+    put_varint(out, remaining);
+    put_string(out, p.topic)?;
+    if p.qos != QoS::AtMostOnce {
+        out.put_u16(p.packet_id);
+    }
+    if version == Version::V5 {
+        put_varint(out, p.props_len());
+        if let Some(secs) = p.message_expiry {
+            out.put_u8(0x02);
+            out.put_u32(secs);
+        }
+        out.extend_from_slice(p.properties);
+        if let Some(alias) = p.topic_alias {
+            out.put_u8(0x23);
+            out.put_u16(alias);
+        }
+        for &id in p.subscription_identifiers {
+            out.put_u8(0x0B);
+            put_varint(out, id as usize);
+        }
+    }
     Ok(())
 }

@@ -461,13 +461,22 @@ pub(crate) fn put_message_props(
     out: &mut BytesMut,
     m: &MessageProperties,
 ) -> Result<(), EncodeError> {
-    if let Some(v) = m.payload_format_indicator {
-        out.put_u8(0x01);
-        out.put_u8(v);
-    }
     if let Some(v) = m.message_expiry_interval {
         out.put_u8(0x02);
         out.put_u32(v);
+    }
+    put_passthrough_props(out, m)
+}
+
+/// The application-message properties but Message Expiry Interval (which a broker rewrites
+/// per delivery).
+pub(crate) fn put_passthrough_props(
+    out: &mut BytesMut,
+    m: &MessageProperties,
+) -> Result<(), EncodeError> {
+    if let Some(v) = m.payload_format_indicator {
+        out.put_u8(0x01);
+        out.put_u8(v);
     }
     if let Some(v) = &m.content_type {
         out.put_u8(0x03);

@@ -1,21 +1,26 @@
 //! The subscription index: a trie keyed by topic level.
 //!
 //! Each node holds its literal children (`HashMap<Box<str>, Node>`), an optional `+` child, and
-//! two subscriber sets: subscriptions whose filter ends at this node (`exact`) and those whose
-//! filter is this node followed by `#` (`multi`). Routing walks the topic's levels, following at
-//! each node the literal child and the `+` child and collecting the `#` set, so its cost grows
-//! with topic depth (times the wildcard fan-out), not with the number of subscriptions. Empty
-//! nodes are pruned on removal.
+//! two subscriber sets, allocated only when used: subscriptions whose filter ends at this node
+//! (`exact`) and those whose filter is this node followed by `#` (`multi`). Routing walks the
+//! topic's levels, following at each node the literal child and the `+` child and collecting
+//! the `#` set, so its cost grows with topic depth (times the wildcard fan-out), not with the
+//! number of subscriptions. Empty nodes are pruned on removal.
 //!
-//! A subscriber set maps client id to its plain subscription, and share name to a shared group
-//! (members in a `Vec`, picked round-robin by an atomic cursor so that `route` takes `&self`).
-//! A per-client index of full filter strings serves [`SubscriptionTable::remove_all`] and
-//! [`SubscriptionTable::subscriptions_of`].
+//! Every walk is a loop (never recursion), and dropping a node frees its subtree with an
+//! explicit stack: a topic of ten thousand levels costs time, never the stack (brokk also
+//! refuses topics deeper than `limits.max_topic_levels` before they reach the router).
+//!
+//! A subscriber set maps client id to its plain subscription (a short vector while few, a hash
+//! map above that: most filters have one subscriber), and share name to a shared group (members
+//! picked round-robin by an atomic cursor so that `route` takes `&self`). The table keeps no
+//! per-client index: each session knows its own filters and removes them itself.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use super::smallmap::SmallMap;
 use super::{Route, SubscriptionOptions, parse_filter};
 
 /// Above this many routes added by one `route` call, client dedup switches from a linear scan
@@ -34,20 +39,21 @@ struct Member<H> {
 }
 
 struct SharedGroup<H> {
+    name: Box<str>,
     members: Vec<Member<H>>,
     cursor: AtomicUsize,
 }
 
 struct Subscribers<H> {
-    plain: HashMap<Arc<str>, PlainSub<H>>,
-    shared: HashMap<Box<str>, SharedGroup<H>>,
+    plain: SmallMap<Arc<str>, PlainSub<H>>,
+    shared: Vec<SharedGroup<H>>,
 }
 
 impl<H> Default for Subscribers<H> {
     fn default() -> Self {
         Subscribers {
-            plain: HashMap::new(),
-            shared: HashMap::new(),
+            plain: SmallMap::default(),
+            shared: Vec::new(),
         }
     }
 }
@@ -55,6 +61,10 @@ impl<H> Default for Subscribers<H> {
 impl<H> Subscribers<H> {
     fn is_empty(&self) -> bool {
         self.plain.is_empty() && self.shared.is_empty()
+    }
+
+    fn group_mut(&mut self, name: &str) -> Option<&mut SharedGroup<H>> {
+        self.shared.iter_mut().find(|g| &*g.name == name)
     }
 
     /// Adds or replaces; returns whether it existed.
@@ -65,55 +75,74 @@ impl<H> Subscribers<H> {
         handle: H,
         options: SubscriptionOptions,
     ) -> bool {
-        match group {
-            None => self
-                .plain
-                .insert(client_id.clone(), PlainSub { handle, options })
-                .is_some(),
-            Some(group) => {
-                if !self.shared.contains_key(group) {
-                    let g = SharedGroup {
-                        members: Vec::new(),
-                        cursor: AtomicUsize::new(0),
-                    };
-                    self.shared.insert(group.into(), g);
-                }
-                let g = self.shared.get_mut(group).expect("inserted above");
-                match g.members.iter_mut().find(|m| *m.client_id == **client_id) {
-                    Some(m) => {
-                        m.handle = handle;
-                        m.options = options;
-                        true
-                    }
-                    None => {
-                        g.members.push(Member {
-                            client_id: client_id.clone(),
-                            handle,
-                            options,
-                        });
-                        false
-                    }
-                }
+        let Some(group) = group else {
+            if let Some(sub) = self.plain.get_mut(client_id) {
+                *sub = PlainSub { handle, options };
+                return true;
+            }
+            self.plain.get_or_insert_with(
+                client_id,
+                || client_id.clone(),
+                || PlainSub { handle, options },
+            );
+            return false;
+        };
+        if self.group_mut(group).is_none() {
+            self.shared.push(SharedGroup {
+                name: group.into(),
+                members: Vec::new(),
+                cursor: AtomicUsize::new(0),
+            });
+        }
+        let Some(g) = self.group_mut(group) else {
+            return false;
+        };
+        match g.members.iter_mut().find(|m| *m.client_id == **client_id) {
+            Some(m) => {
+                m.handle = handle;
+                m.options = options;
+                true
+            }
+            None => {
+                g.members.push(Member {
+                    client_id: client_id.clone(),
+                    handle,
+                    options,
+                });
+                false
             }
         }
     }
 
     fn remove(&mut self, client_id: &str, group: Option<&str>) -> bool {
+        let Some(group) = group else {
+            return self.plain.remove(client_id).is_some();
+        };
+        let Some(gi) = self.shared.iter().position(|g| &*g.name == group) else {
+            return false;
+        };
+        let members = &mut self.shared[gi].members;
+        let Some(i) = members.iter().position(|m| &*m.client_id == client_id) else {
+            return false;
+        };
+        members.remove(i);
+        if members.is_empty() {
+            self.shared.swap_remove(gi);
+        }
+        true
+    }
+
+    fn handle(&self, client_id: &str, group: Option<&str>) -> Option<&H> {
         match group {
-            None => self.plain.remove(client_id).is_some(),
-            Some(group) => {
-                let Some(g) = self.shared.get_mut(group) else {
-                    return false;
-                };
-                let Some(i) = g.members.iter().position(|m| &*m.client_id == client_id) else {
-                    return false;
-                };
-                g.members.remove(i);
-                if g.members.is_empty() {
-                    self.shared.remove(group);
-                }
-                true
-            }
+            None => self.plain.get(client_id).map(|s| &s.handle),
+            Some(group) => self
+                .shared
+                .iter()
+                .find(|g| &*g.name == group)?
+                .members
+                .iter()
+                .find(|m| &*m.client_id == client_id)
+                .map(|m| &m.handle),
         }
     }
 
@@ -122,175 +151,246 @@ impl<H> Subscribers<H> {
             None => self.plain.get(client_id).map(|s| &s.options),
             Some(group) => self
                 .shared
-                .get(group)?
+                .iter()
+                .find(|g| &*g.name == group)?
                 .members
                 .iter()
                 .find(|m| &*m.client_id == client_id)
                 .map(|m| &m.options),
         }
     }
-
-    fn get_mut_handle(&mut self, client_id: &str, group: Option<&str>) -> Option<&mut H> {
-        match group {
-            None => self.plain.get_mut(client_id).map(|s| &mut s.handle),
-            Some(group) => self
-                .shared
-                .get_mut(group)?
-                .members
-                .iter_mut()
-                .find(|m| &*m.client_id == client_id)
-                .map(|m| &mut m.handle),
-        }
-    }
 }
 
 struct Node<H> {
-    children: HashMap<Box<str>, Node<H>>,
+    children: SmallMap<Box<str>, Node<H>>,
     plus: Option<Box<Node<H>>>,
     /// Subscriptions whose filter ends at this node.
-    exact: Subscribers<H>,
+    exact: Option<Box<Subscribers<H>>>,
     /// Subscriptions whose filter is this node's path followed by `/#` (or `#` at the root).
-    multi: Subscribers<H>,
+    multi: Option<Box<Subscribers<H>>>,
 }
 
 impl<H> Default for Node<H> {
     fn default() -> Self {
         Node {
-            children: HashMap::new(),
+            children: SmallMap::default(),
             plus: None,
-            exact: Subscribers::default(),
-            multi: Subscribers::default(),
+            exact: None,
+            multi: None,
         }
     }
+}
+
+impl<H> Drop for Node<H> {
+    /// Frees the subtree with an explicit stack: the derived drop would recurse once per level.
+    fn drop(&mut self) {
+        if self.children.is_empty() && self.plus.is_none() {
+            return;
+        }
+        let mut stack: Vec<Node<H>> = self.children.drain_values();
+        stack.extend(self.plus.take().map(|p| *p));
+        while let Some(mut node) = stack.pop() {
+            stack.extend(node.children.drain_values());
+            stack.extend(node.plus.take().map(|p| *p));
+        }
+    }
+}
+
+/// Where a filter's subscriber set hangs: the levels before any `#` lead to its node, and
+/// `multi` says whether it is that node's `#` set.
+fn split_filter(filter: &str) -> (impl Iterator<Item = &str>, bool) {
+    let (path, multi) = if filter == "#" {
+        (None, true)
+    } else if let Some(path) = filter.strip_suffix("/#") {
+        (Some(path), true)
+    } else {
+        (Some(filter), false)
+    };
+    (path.into_iter().flat_map(|p| p.split('/')), multi)
 }
 
 impl<H> Node<H> {
     fn is_empty(&self) -> bool {
         self.children.is_empty()
             && self.plus.is_none()
-            && self.exact.is_empty()
-            && self.multi.is_empty()
+            && self.exact.is_none()
+            && self.multi.is_none()
+    }
+
+    /// True when this node holds nothing but the one link its path continues through.
+    fn only_link(&self) -> bool {
+        self.exact.is_none()
+            && self.multi.is_none()
+            && self.children.len() + usize::from(self.plus.is_some()) == 1
+    }
+
+    fn step(&self, level: &str) -> Option<&Node<H>> {
+        match level {
+            "+" => self.plus.as_deref(),
+            _ => self.children.get(level),
+        }
+    }
+
+    fn step_mut(&mut self, level: &str) -> Option<&mut Node<H>> {
+        match level {
+            "+" => self.plus.as_deref_mut(),
+            _ => self.children.get_mut(level),
+        }
+    }
+
+    fn set_slot(&mut self, multi: bool) -> &mut Option<Box<Subscribers<H>>> {
+        if multi {
+            &mut self.multi
+        } else {
+            &mut self.exact
+        }
     }
 
     /// The subscriber set `filter` designates, creating nodes on the way.
     fn subscribers_mut_or_create(&mut self, filter: &str) -> &mut Subscribers<H> {
+        let (levels, multi) = split_filter(filter);
         let mut node = self;
-        for level in filter.split('/') {
+        for level in levels {
             node = match level {
-                "#" => return &mut node.multi,
                 "+" => node.plus.get_or_insert_with(Box::default),
-                _ => {
-                    if !node.children.contains_key(level) {
-                        node.children.insert(level.into(), Node::default());
-                    }
-                    node.children.get_mut(level).expect("inserted above")
-                }
+                _ => node
+                    .children
+                    .get_or_insert_with(level, || level.into(), Node::default),
             };
         }
-        &mut node.exact
+        node.set_slot(multi).get_or_insert_with(Box::default)
     }
 
-    /// The subscriber set `filter` designates, if its nodes exist.
+    /// The node holding `filter`'s subscriber set, if it exists.
+    fn find(&self, filter: &str) -> Option<(&Node<H>, bool)> {
+        let (levels, multi) = split_filter(filter);
+        let mut node = self;
+        for level in levels {
+            node = node.step(level)?;
+        }
+        Some((node, multi))
+    }
+
     fn subscribers(&self, filter: &str) -> Option<&Subscribers<H>> {
-        let mut node = self;
-        for level in filter.split('/') {
-            node = match level {
-                "#" => return Some(&node.multi),
-                "+" => node.plus.as_deref()?,
-                _ => node.children.get(level)?,
+        let (node, multi) = self.find(filter)?;
+        if multi {
+            node.multi.as_deref()
+        } else {
+            node.exact.as_deref()
+        }
+    }
+
+    /// Removes one subscription and prunes the nodes it leaves empty, without recursion:
+    /// one walk down to remove it, one to find the highest node left empty, one to cut there.
+    fn remove(&mut self, filter: &str, client_id: &str, group: Option<&str>) -> bool {
+        let (levels, multi) = split_filter(filter);
+        let levels: Vec<&str> = levels.collect();
+        let mut node = &mut *self;
+        for level in &levels {
+            let Some(next) = node.step_mut(level) else {
+                return false;
             };
+            node = next;
         }
-        Some(&node.exact)
+        let slot = node.set_slot(multi);
+        let Some(set) = slot.as_deref_mut() else {
+            return false;
+        };
+        if !set.remove(client_id, group) {
+            return false;
+        }
+        if set.is_empty() {
+            *slot = None;
+        }
+        self.prune(&levels);
+        true
     }
 
-    fn subscribers_mut(&mut self, filter: &str) -> Option<&mut Subscribers<H>> {
-        let mut node = self;
-        for level in filter.split('/') {
-            node = match level {
-                "#" => return Some(&mut node.multi),
-                "+" => node.plus.as_deref_mut()?,
-                _ => node.children.get_mut(level)?,
+    /// Cuts the longest chain of nodes at the end of `levels` that holds nothing else.
+    fn prune(&mut self, levels: &[&str]) {
+        // `cut` = depth of the first node of the removable chain (0 = nothing to cut).
+        let mut cut = 0;
+        let mut node = &*self;
+        for (depth, level) in levels.iter().enumerate() {
+            let Some(next) = node.step(level) else {
+                return;
             };
-        }
-        Some(&mut node.exact)
-    }
-
-    /// Removes one subscription below this node and prunes the nodes it leaves empty.
-    fn remove(
-        &mut self,
-        mut levels: std::str::Split<'_, char>,
-        client_id: &str,
-        group: Option<&str>,
-    ) -> bool {
-        match levels.next() {
-            None => self.exact.remove(client_id, group),
-            Some("#") => self.multi.remove(client_id, group),
-            Some("+") => {
-                let Some(child) = self.plus.as_deref_mut() else {
-                    return false;
-                };
-                let removed = child.remove(levels, client_id, group);
-                if child.is_empty() {
-                    self.plus = None;
-                }
-                removed
-            }
-            Some(level) => {
-                let Some(child) = self.children.get_mut(level) else {
-                    return false;
-                };
-                let removed = child.remove(levels, client_id, group);
-                if child.is_empty() {
-                    self.children.remove(level);
-                }
-                removed
+            node = next;
+            let depth = depth + 1;
+            let removable = if depth == levels.len() {
+                node.is_empty()
+            } else {
+                node.only_link()
+            };
+            if !removable {
+                cut = 0;
+            } else if cut == 0 {
+                cut = depth;
             }
         }
-    }
-
-    /// Visits every subscriber set matching the remaining topic levels `rest` (`None` once every
-    /// level is consumed). `dollar_root` is true at the root for a topic starting with `$`, whose
-    /// first level wildcards must not match.
-    fn visit<'n>(
-        &'n self,
-        rest: Option<&str>,
-        dollar_root: bool,
-        f: &mut impl FnMut(&'n Subscribers<H>),
-    ) {
-        // `#` matches this level's parent too: `a/#` matches `a` and everything below.
-        if !dollar_root && !self.multi.is_empty() {
-            f(&self.multi);
-        }
-        let Some(rest) = rest else {
-            if !self.exact.is_empty() {
-                f(&self.exact);
-            }
+        if cut == 0 {
             return;
-        };
-        let (level, next) = match rest.split_once('/') {
-            Some((level, next)) => (level, Some(next)),
-            None => (rest, None),
-        };
-        if let Some(child) = self.children.get(level) {
-            child.visit(next, false, f);
         }
-        if !dollar_root && let Some(plus) = &self.plus {
-            plus.visit(next, false, f);
+        let mut parent = &mut *self;
+        for level in &levels[..cut - 1] {
+            match parent.step_mut(level) {
+                Some(next) => parent = next,
+                None => return,
+            }
+        }
+        match levels[cut - 1] {
+            "+" => parent.plus = None,
+            level => {
+                parent.children.remove(level);
+            }
         }
     }
 
     #[cfg(test)]
     fn count(&self) -> usize {
-        1 + self.children.values().map(Node::count).sum::<usize>()
-            + self.plus.as_ref().map_or(0, |p| p.count())
+        let mut count = 0;
+        let mut stack = vec![self];
+        while let Some(node) = stack.pop() {
+            count += 1;
+            stack.extend(node.children.values());
+            stack.extend(node.plus.as_deref());
+        }
+        count
+    }
+}
+
+/// Visits every subscriber set matching `topic`, with an explicit stack. At the root, a topic
+/// starting with `$` is not matched by a leading wildcard (MQTT-4.7.2-1).
+fn visit<'n, H>(root: &'n Node<H>, topic: &str, mut f: impl FnMut(&'n Subscribers<H>)) {
+    let mut stack: Vec<(&'n Node<H>, Option<&str>, bool)> = Vec::with_capacity(8);
+    stack.push((root, Some(topic), topic.starts_with('$')));
+    while let Some((node, rest, dollar_root)) = stack.pop() {
+        // `#` matches this level's parent too: `a/#` matches `a` and everything below.
+        if !dollar_root && let Some(multi) = node.multi.as_deref() {
+            f(multi);
+        }
+        let Some(rest) = rest else {
+            if let Some(exact) = node.exact.as_deref() {
+                f(exact);
+            }
+            continue;
+        };
+        let (level, next) = match rest.split_once('/') {
+            Some((level, next)) => (level, Some(next)),
+            None => (rest, None),
+        };
+        if let Some(child) = node.children.get(level) {
+            stack.push((child, next, false));
+        }
+        if !dollar_root && let Some(plus) = node.plus.as_deref() {
+            stack.push((plus, next, false));
+        }
     }
 }
 
 /// The subscription index: every session's filters, plain and shared.
 pub struct SubscriptionTable<H> {
     root: Node<H>,
-    /// Full filter strings (with any `$share/` prefix) of each client's subscriptions.
-    by_client: HashMap<Arc<str>, HashSet<Box<str>>>,
     len: usize,
 }
 
@@ -298,7 +398,6 @@ impl<H: Clone> Default for SubscriptionTable<H> {
     fn default() -> Self {
         SubscriptionTable {
             root: Node::default(),
-            by_client: HashMap::new(),
             len: 0,
         }
     }
@@ -325,15 +424,6 @@ impl<H: Clone> SubscriptionTable<H> {
         let existed = set.insert(client_id, parsed.share_group, handle, options);
         if !existed {
             self.len += 1;
-            match self.by_client.get_mut(&**client_id) {
-                Some(filters) => {
-                    filters.insert(filter.into());
-                }
-                None => {
-                    self.by_client
-                        .insert(client_id.clone(), HashSet::from([filter.into()]));
-                }
-            }
         }
         existed
     }
@@ -345,59 +435,29 @@ impl<H: Clone> SubscriptionTable<H> {
         };
         let removed = self
             .root
-            .remove(parsed.filter.split('/'), client_id, parsed.share_group);
+            .remove(parsed.filter, client_id, parsed.share_group);
         if removed {
             self.len -= 1;
-            if let Some(filters) = self.by_client.get_mut(client_id) {
-                filters.remove(filter);
-                if filters.is_empty() {
-                    self.by_client.remove(client_id);
-                }
-            }
         }
         removed
     }
 
-    /// Removes every subscription of `client_id` among `filters` (a session ending).
-    pub fn remove_client<'a>(
+    /// [`SubscriptionTable::unsubscribe`], only if the subscription's handle passes `keep`.
+    pub fn unsubscribe_if(
         &mut self,
         client_id: &str,
-        filters: impl IntoIterator<Item = &'a str>,
-    ) {
-        for filter in filters {
-            self.unsubscribe(client_id, filter);
-        }
+        filter: &str,
+        keep: impl Fn(&H) -> bool,
+    ) -> bool {
+        let matches = self.handle(client_id, filter).is_some_and(keep);
+        matches && self.unsubscribe(client_id, filter)
     }
 
-    /// Removes every subscription of `client_id`; returns how many there were.
-    pub fn remove_all(&mut self, client_id: &str) -> usize {
-        let Some(filters) = self.by_client.remove(client_id) else {
-            return 0;
-        };
-        for filter in &filters {
-            let Ok(parsed) = parse_filter(filter) else {
-                continue;
-            };
-            if self
-                .root
-                .remove(parsed.filter.split('/'), client_id, parsed.share_group)
-            {
-                self.len -= 1;
-            }
-        }
-        filters.len()
-    }
-
-    /// The filters (full strings, with any `$share/` prefix) `client_id` is subscribed to, with
-    /// their options, in no particular order.
-    pub fn subscriptions_of(&self, client_id: &str) -> Vec<(&str, &SubscriptionOptions)> {
-        let Some(filters) = self.by_client.get(client_id) else {
-            return Vec::new();
-        };
-        filters
-            .iter()
-            .filter_map(|filter| Some((&**filter, self.subscription(client_id, filter)?)))
-            .collect()
+    fn handle(&self, client_id: &str, filter: &str) -> Option<&H> {
+        let parsed = parse_filter(filter).ok()?;
+        self.root
+            .subscribers(parsed.filter)?
+            .handle(client_id, parsed.share_group)
     }
 
     /// The options of one subscription, if it exists.
@@ -408,51 +468,42 @@ impl<H: Clone> SubscriptionTable<H> {
             .get(client_id, parsed.share_group)
     }
 
-    /// Replaces the handle of every subscription of `client_id` (a session moving to a new
-    /// outbox); returns how many were updated.
-    pub fn update_handle(&mut self, client_id: &str, handle: &H) -> usize {
-        let Some(filters) = self.by_client.get(client_id) else {
-            return 0;
-        };
-        let mut updated = 0;
-        for filter in filters {
-            let Ok(parsed) = parse_filter(filter) else {
-                continue;
-            };
-            if let Some(h) = self
-                .root
-                .subscribers_mut(parsed.filter)
-                .and_then(|s| s.get_mut_handle(client_id, parsed.share_group))
-            {
-                *h = handle.clone();
-                updated += 1;
-            }
-        }
-        updated
-    }
-
     /// Appends to `out` one [`Route`] per subscriber whose filters match `topic`. A subscriber
     /// with No Local is skipped when it is `publisher`. Each matching shared group contributes
     /// exactly one member, chosen round-robin.
     ///
     /// Non-shared matches of one client merge into one route (highest QoS, every subscription
-    /// identifier, Retain As Published if any asked). A shared delivery is a route of its own,
-    /// appended after the plain ones.
+    /// identifier once, Retain As Published if any asked). A shared delivery is a route of its
+    /// own, appended after the plain ones.
     pub fn route(&self, topic: &str, publisher: &str, out: &mut Vec<Route<H>>) {
         let mut ctx = RouteCtx {
             publisher,
+            start: out.len(),
             out,
-            start: 0,
             plain_sets: 0,
             index: None,
             shared: Vec::new(),
+            merged: false,
         };
-        ctx.start = ctx.out.len();
-        self.root
-            .visit(Some(topic), topic.starts_with('$'), &mut |set| {
-                ctx.add_set(set)
-            });
-        let RouteCtx { out, shared, .. } = ctx;
+        visit(&self.root, topic, |set| ctx.add_set(set));
+        let RouteCtx {
+            out,
+            shared,
+            start,
+            merged,
+            ..
+        } = ctx;
+        if merged {
+            // Identifiers are collected without a membership test per merge (which made a
+            // client with thousands of overlapping subscriptions cost their square), and
+            // deduplicated once here.
+            for route in &mut out[start..] {
+                if route.subscription_identifiers.len() > 1 {
+                    route.subscription_identifiers.sort_unstable();
+                    route.subscription_identifiers.dedup();
+                }
+            }
+        }
         for group in shared {
             route_shared(group, publisher, out);
         }
@@ -484,50 +535,56 @@ struct RouteCtx<'a, 'n, H> {
     /// Client id → index in `out`, once this call added more than [`LINEAR_DEDUP_MAX`] routes.
     index: Option<HashMap<Arc<str>, usize>>,
     shared: Vec<&'n SharedGroup<H>>,
+    /// Whether any route merged a second subscription (its identifiers may repeat).
+    merged: bool,
 }
 
 impl<'n, H: Clone> RouteCtx<'_, 'n, H> {
     fn add_set(&mut self, set: &'n Subscribers<H>) {
-        for group in set.shared.values() {
-            self.shared.push(group);
-        }
+        self.shared.extend(set.shared.iter());
         if set.plain.is_empty() {
             return;
         }
         self.plain_sets += 1;
         if self.plain_sets == 1 {
             // Client ids are unique within one set: nothing to merge with yet.
-            for (client_id, sub) in &set.plain {
-                if !(sub.options.no_local && **client_id == *self.publisher) {
-                    self.out
-                        .push(new_route(client_id, &sub.handle, &sub.options));
+            let (out, publisher) = (&mut *self.out, self.publisher);
+            set.plain.for_each(|client_id, sub| {
+                if !(sub.options.no_local && **client_id == *publisher) {
+                    out.push(new_route(client_id, &sub.handle, &sub.options));
                 }
-            }
+            });
             return;
         }
         self.index_if_large();
-        for (client_id, sub) in &set.plain {
-            if sub.options.no_local && **client_id == *self.publisher {
-                continue;
+        set.plain.for_each(|client_id, sub| {
+            if !(sub.options.no_local && **client_id == *self.publisher) {
+                self.add_plain(client_id, sub);
             }
-            let existing = match &self.index {
-                Some(index) => index.get(&**client_id).copied(),
-                None => self.out[self.start..]
-                    .iter()
-                    .position(|r| r.client_id == *client_id)
-                    .map(|i| self.start + i),
-            };
-            match existing {
-                Some(i) => merge(&mut self.out[i], &sub.options),
-                None => {
-                    self.out
-                        .push(new_route(client_id, &sub.handle, &sub.options));
-                    match &mut self.index {
-                        Some(index) => {
-                            index.insert(client_id.clone(), self.out.len() - 1);
-                        }
-                        None => self.index_if_large(),
+        });
+    }
+
+    fn add_plain(&mut self, client_id: &Arc<str>, sub: &PlainSub<H>) {
+        let existing = match &self.index {
+            Some(index) => index.get(&**client_id).copied(),
+            None => self.out[self.start..]
+                .iter()
+                .position(|r| r.client_id == *client_id)
+                .map(|i| self.start + i),
+        };
+        match existing {
+            Some(i) => {
+                merge(&mut self.out[i], &sub.options);
+                self.merged = true;
+            }
+            None => {
+                self.out
+                    .push(new_route(client_id, &sub.handle, &sub.options));
+                match &mut self.index {
+                    Some(index) => {
+                        index.insert(client_id.clone(), self.out.len() - 1);
                     }
+                    None => self.index_if_large(),
                 }
             }
         }
@@ -564,11 +621,9 @@ fn new_route<H: Clone>(
 fn merge<H>(route: &mut Route<H>, options: &SubscriptionOptions) {
     route.qos = route.qos.max(options.qos);
     route.retain_as_published |= options.retain_as_published;
-    if let Some(id) = options.subscription_identifier
-        && !route.subscription_identifiers.contains(&id)
-    {
-        route.subscription_identifiers.push(id);
-    }
+    route
+        .subscription_identifiers
+        .extend(options.subscription_identifier);
 }
 
 /// Picks the next member of `group` round-robin. No Local is a protocol error on a shared
@@ -896,42 +951,108 @@ mod tests {
     }
 
     #[test]
-    fn remove_client_and_remove_all() {
+    fn conditional_removal() {
         let mut t = SubscriptionTable::default();
         let a = cid("a");
         let b = cid("b");
-        for f in ["x", "y/+", "$share/g/z"] {
+        let filters = ["x", "y/+", "$share/g/z"];
+        for f in filters {
             t.subscribe(&a, 1, f, opts(QoS::AtMostOnce, None));
             t.subscribe(&b, 2, f, opts(QoS::AtLeastOnce, None));
         }
         assert_eq!(t.len(), 6);
-        let mut filters: Vec<_> = t
-            .subscriptions_of("a")
-            .into_iter()
-            .map(|(f, _)| f.to_owned())
-            .collect();
-        filters.sort();
-        assert_eq!(filters, ["$share/g/z", "x", "y/+"]);
         assert_eq!(
             t.subscription("b", "y/+").map(|o| o.qos),
             Some(QoS::AtLeastOnce)
         );
         assert_eq!(t.subscription("b", "y/#"), None);
-
-        t.remove_client("a", filters.iter().map(String::as_str));
+        for f in filters {
+            assert!(t.unsubscribe_if("a", f, |h| *h == 1));
+            assert!(!t.unsubscribe_if("b", f, |h| *h == 1), "b's handle is 2");
+        }
         assert_eq!(t.len(), 3);
-        assert!(t.subscriptions_of("a").is_empty());
         assert_eq!(clients(&route(&t, "x", "p")), ["b"]);
         assert_eq!(clients(&route(&t, "z", "p")), ["b"]);
-
-        assert_eq!(t.update_handle("b", &5), 3);
-        assert_eq!(route(&t, "y/q", "p")[0].handle, 5);
-        assert_eq!(route(&t, "z", "p")[0].handle, 5);
-
-        assert_eq!(t.remove_all("b"), 3);
-        assert_eq!(t.remove_all("b"), 0);
+        for f in filters {
+            assert!(t.unsubscribe("b", f));
+        }
         assert!(t.is_empty());
         assert_eq!(t.node_count(), 1);
+    }
+
+    #[test]
+    fn many_subscribers_of_one_filter_switch_to_a_map() {
+        let mut t = SubscriptionTable::default();
+        let ids: Vec<Arc<str>> = (0..100).map(|i| cid(&format!("c{i:03}"))).collect();
+        for (i, c) in ids.iter().enumerate() {
+            assert!(!t.subscribe(c, i as u32, "t", opts(QoS::AtMostOnce, None)));
+        }
+        assert!(t.subscribe(&ids[7], 70, "t", opts(QoS::AtLeastOnce, None)));
+        let r = route(&t, "t", "p");
+        assert_eq!(r.len(), 100);
+        assert_eq!((r[7].handle, r[7].qos), (70, QoS::AtLeastOnce));
+        for c in &ids {
+            assert!(t.unsubscribe(c, "t"));
+        }
+        assert!(t.is_empty());
+        assert_eq!(t.node_count(), 1);
+    }
+
+    /// Walks are loops: ten thousand levels on a 256 KiB stack, where the recursive walks of
+    /// old overflowed 2 MiB.
+    #[test]
+    fn deep_filters_do_not_use_the_stack() {
+        let run = || {
+            let deep = vec!["a"; 10_000].join("/");
+            let mut t = SubscriptionTable::default();
+            let a = cid("a");
+            t.subscribe(&a, 1, &deep, opts(QoS::AtMostOnce, None));
+            t.subscribe(&a, 1, &format!("{deep}/#"), opts(QoS::AtMostOnce, Some(1)));
+            let plus = vec!["+"; 10_000].join("/");
+            t.subscribe(&a, 1, &plus, opts(QoS::AtMostOnce, Some(2)));
+            let r = route(&t, &deep, "p");
+            assert_eq!(r.len(), 1);
+            assert_eq!(r[0].subscription_identifiers, [1, 2]);
+            assert!(t.unsubscribe("a", &deep));
+            assert!(t.unsubscribe("a", &plus));
+            assert_eq!(route(&t, &deep, "p").len(), 1);
+            // Dropped with a subscription still ten thousand levels down.
+            drop(t);
+        };
+        std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(run)
+            .expect("thread")
+            .join()
+            .expect("no stack overflow");
+    }
+
+    #[test]
+    fn overlapping_identifiers_cost_is_not_quadratic() {
+        // 2^14 distinct filters matching one topic, one client, each with its identifier.
+        let levels = 14;
+        let topic = (0..levels)
+            .map(|i| format!("l{i}"))
+            .collect::<Vec<_>>()
+            .join("/");
+        let mut t = SubscriptionTable::default();
+        let a = cid("a");
+        for mask in 0u32..(1 << levels) {
+            let filter = (0..levels)
+                .map(|i| {
+                    if mask & (1 << i) != 0 {
+                        "+".to_string()
+                    } else {
+                        format!("l{i}")
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("/");
+            t.subscribe(&a, 1, &filter, opts(QoS::AtMostOnce, Some(mask + 1)));
+        }
+        let r = route(&t, &topic, "p");
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].subscription_identifiers.len(), 1 << levels);
     }
 
     #[test]
@@ -960,6 +1081,5 @@ mod tests {
         assert_eq!(t.len(), 1);
         assert_eq!(t.node_count(), baseline);
         assert_eq!(clients(&route(&t, "base/q/x", "p")), ["keep"]);
-        assert!(!t.by_client.contains_key("a"));
     }
 }

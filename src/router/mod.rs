@@ -10,6 +10,7 @@
 
 mod index;
 mod retained;
+mod smallmap;
 mod topic;
 
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use crate::protocol::QoS;
 
 pub use index::SubscriptionTable;
 pub use retained::RetainedStore;
-pub use topic::{ParsedFilter, matches, parse_filter, validate_topic_name};
+pub use topic::{ParsedFilter, levels, matches, parse_filter, validate_topic_name};
 
 /// Why a topic filter or topic name is refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -3,20 +3,33 @@
 //! Setting or clearing walks the topic's levels (clearing prunes the nodes it empties);
 //! [`RetainedStore::matching`] walks the filter's levels, following one child for a literal
 //! level, every child for `+`, and the whole subtree for `#`, so a literal filter costs its depth
-//! and a wildcard filter costs the part of the tree it can match.
+//! and a wildcard filter costs the part of the tree it can match. Every walk is a loop with an
+//! explicit stack, and so is dropping a subtree: depth costs time, never the thread's stack.
 
-use std::collections::HashMap;
+use super::smallmap::SmallMap;
 
 struct Node<M> {
-    children: HashMap<Box<str>, Node<M>>,
+    children: SmallMap<Box<str>, Node<M>>,
     message: Option<M>,
 }
 
 impl<M> Default for Node<M> {
     fn default() -> Self {
         Node {
-            children: HashMap::new(),
+            children: SmallMap::default(),
             message: None,
+        }
+    }
+}
+
+impl<M> Drop for Node<M> {
+    fn drop(&mut self) {
+        if self.children.is_empty() {
+            return;
+        }
+        let mut stack: Vec<Node<M>> = self.children.drain_values();
+        while let Some(mut node) = stack.pop() {
+            stack.extend(node.children.drain_values());
         }
     }
 }
@@ -26,61 +39,113 @@ impl<M: Clone> Node<M> {
         self.children.is_empty() && self.message.is_none()
     }
 
-    /// Clears the message at the remaining `levels`, pruning emptied nodes; returns whether one
-    /// was there.
-    fn clear(&mut self, mut levels: std::str::Split<'_, char>) -> bool {
-        let Some(level) = levels.next() else {
-            return self.message.take().is_some();
-        };
-        let Some(child) = self.children.get_mut(level) else {
+    /// Clears the message at `topic`, pruning the nodes left empty; returns whether one was
+    /// there.
+    fn clear(&mut self, topic: &str) -> bool {
+        let levels: Vec<&str> = topic.split('/').collect();
+        let mut node = &mut *self;
+        for level in &levels {
+            match node.children.get_mut(level) {
+                Some(next) => node = next,
+                None => return false,
+            }
+        }
+        if node.message.take().is_none() {
             return false;
-        };
-        let cleared = child.clear(levels);
-        if child.is_empty() {
-            self.children.remove(level);
         }
-        cleared
+        // The highest node of the chain that now holds nothing but the path.
+        let mut cut = 0;
+        let mut node = &*self;
+        for (depth, level) in levels.iter().enumerate() {
+            let Some(next) = node.children.get(level) else {
+                return true;
+            };
+            node = next;
+            let removable = if depth + 1 == levels.len() {
+                node.is_empty()
+            } else {
+                node.message.is_none() && node.children.len() == 1
+            };
+            if !removable {
+                cut = 0;
+            } else if cut == 0 {
+                cut = depth + 1;
+            }
+        }
+        if cut > 0 {
+            let mut parent = &mut *self;
+            for level in &levels[..cut - 1] {
+                match parent.children.get_mut(level) {
+                    Some(next) => parent = next,
+                    None => return true,
+                }
+            }
+            parent.children.remove(levels[cut - 1]);
+        }
+        true
     }
 
-    /// Appends the messages below this node matching the remaining filter `levels`. `root` is
-    /// true at the root, where wildcards skip `$` topics.
-    fn collect(&self, mut levels: std::str::Split<'_, char>, root: bool, out: &mut Vec<M>) {
-        match levels.next() {
-            None => out.extend(self.message.iter().cloned()),
-            Some("#") => {
-                // `#` matches the parent level too (`a/#` matches `a`). The root holds no message.
-                out.extend(self.message.iter().cloned());
-                for (level, child) in &self.children {
-                    if !(root && level.starts_with('$')) {
-                        child.collect_all(out);
+    /// Calls `visit` with each message matching the plain `filter` until it returns false;
+    /// returns whether it was stopped. At the root, wildcards skip `$` topics.
+    fn each_matching(&self, filter: &str, visit: &mut impl FnMut(&M) -> bool) -> bool {
+        let mut visit_node = |node: &Node<M>| node.message.as_ref().is_none_or(&mut *visit);
+        let mut stack: Vec<(&Node<M>, Option<&str>, bool)> = vec![(self, Some(filter), true)];
+        while let Some((node, rest, root)) = stack.pop() {
+            let Some(rest) = rest else {
+                if !visit_node(node) {
+                    return true;
+                }
+                continue;
+            };
+            let (level, next) = match rest.split_once('/') {
+                Some((level, next)) => (level, Some(next)),
+                None => (rest, None),
+            };
+            match level {
+                "#" => {
+                    // `#` matches the parent level too (`a/#` matches `a`).
+                    if !visit_node(node) {
+                        return true;
+                    }
+                    let mut below: Vec<&Node<M>> = node
+                        .children
+                        .iter()
+                        .filter(|(level, _)| !(root && level.starts_with('$')))
+                        .map(|(_, child)| child)
+                        .collect();
+                    while let Some(n) = below.pop() {
+                        if !visit_node(n) {
+                            return true;
+                        }
+                        below.extend(n.children.values());
+                    }
+                }
+                "+" => {
+                    for (level, child) in node.children.iter() {
+                        if !(root && level.starts_with('$')) {
+                            stack.push((child, next, false));
+                        }
+                    }
+                }
+                _ => {
+                    if let Some(child) = node.children.get(level) {
+                        stack.push((child, next, false));
                     }
                 }
             }
-            Some("+") => {
-                for (level, child) in &self.children {
-                    if !(root && level.starts_with('$')) {
-                        child.collect(levels.clone(), false, out);
-                    }
-                }
-            }
-            Some(level) => {
-                if let Some(child) = self.children.get(level) {
-                    child.collect(levels, false, out);
-                }
-            }
         }
-    }
-
-    fn collect_all(&self, out: &mut Vec<M>) {
-        out.extend(self.message.iter().cloned());
-        for child in self.children.values() {
-            child.collect_all(out);
-        }
+        false
     }
 
     #[cfg(test)]
     fn count(&self) -> usize {
-        1 + self.children.values().map(Node::count).sum::<usize>()
+        let mut count = 0;
+        let mut stack = vec![self];
+        while let Some(node) = stack.pop() {
+            count += 1;
+            stack.extend(node.children.values());
+        }
+        count
     }
 }
 
@@ -106,17 +171,16 @@ impl<M: Clone> RetainedStore<M> {
             Some(message) => {
                 let mut node = &mut self.root;
                 for level in topic.split('/') {
-                    if !node.children.contains_key(level) {
-                        node.children.insert(level.into(), Node::default());
-                    }
-                    node = node.children.get_mut(level).expect("inserted above");
+                    node = node
+                        .children
+                        .get_or_insert_with(level, || level.into(), Node::default);
                 }
                 if node.message.replace(message).is_none() {
                     self.len += 1;
                 }
             }
             None => {
-                if self.root.clear(topic.split('/')) {
+                if self.root.clear(topic) {
                     self.len -= 1;
                 }
             }
@@ -135,7 +199,39 @@ impl<M: Clone> RetainedStore<M> {
     /// Appends to `out` every retained message whose topic matches the plain `filter` (not a
     /// `$share/...` one: strip it with [`super::parse_filter`] first). Order is unspecified.
     pub fn matching(&self, filter: &str, out: &mut Vec<M>) {
-        self.root.collect(filter.split('/'), true, out);
+        self.root.each_matching(filter, &mut |m| {
+            out.push(m.clone());
+            true
+        });
+    }
+
+    /// [`RetainedStore::matching`], stopping after `limit` messages; returns whether it
+    /// stopped there (more may match).
+    pub fn matching_up_to(&self, filter: &str, limit: usize, out: &mut Vec<M>) -> bool {
+        let start = out.len();
+        if limit == 0 {
+            return self.count_matching(filter) > 0;
+        }
+        let mut stopped = false;
+        self.root.each_matching(filter, &mut |m| {
+            if out.len() - start == limit {
+                stopped = true;
+                return false;
+            }
+            out.push(m.clone());
+            true
+        });
+        stopped
+    }
+
+    /// How many retained messages match the plain `filter` (nothing is cloned).
+    pub fn count_matching(&self, filter: &str) -> usize {
+        let mut n = 0;
+        self.root.each_matching(filter, &mut |_| {
+            n += 1;
+            true
+        });
+        n
     }
 
     pub fn len(&self) -> usize {
@@ -264,5 +360,50 @@ mod tests {
             sorted(&s, "sport/+"),
             ["sport/", "sport/golf", "sport/tennis"]
         );
+    }
+
+    #[test]
+    fn deep_topics_do_not_use_the_stack() {
+        let run = || {
+            let deep = vec!["a"; 10_000].join("/");
+            let mut s = RetainedStore::default();
+            s.set(&deep, Some("deep"));
+            s.set("a", Some("a"));
+            assert_eq!(sorted(&s, "#"), ["a", "deep"]);
+            assert_eq!(sorted(&s, &vec!["+"; 10_000].join("/")), ["deep"]);
+            assert_eq!(sorted(&s, &deep), ["deep"]);
+            s.set(&deep, None);
+            assert_eq!(s.len(), 1);
+            assert_eq!(s.node_count(), 2);
+            s.set(&deep, Some("again"));
+            drop(s);
+        };
+        std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(run)
+            .expect("thread")
+            .join()
+            .expect("no stack overflow");
+    }
+
+    #[test]
+    fn matching_stops_at_the_limit() {
+        let mut s = RetainedStore::default();
+        for i in 0..100 {
+            s.set(&format!("t/{i}"), Some(i));
+        }
+        let mut out = Vec::new();
+        assert!(s.matching_up_to("#", 10, &mut out));
+        assert_eq!(out.len(), 10);
+        out.clear();
+        assert!(!s.matching_up_to("t/+", 1000, &mut out));
+        assert_eq!(out.len(), 100);
+        out.clear();
+        assert!(
+            !s.matching_up_to("t/+", 100, &mut out),
+            "exactly the limit is not cut"
+        );
+        assert_eq!(s.count_matching("#"), 100);
+        assert_eq!(s.count_matching("t/7"), 1);
     }
 }

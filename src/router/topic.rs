@@ -18,6 +18,11 @@ pub fn validate_topic_name(topic: &str) -> Result<(), TopicError> {
     Ok(())
 }
 
+/// The number of levels of a topic name or plain filter (`a/b` has 2, `/` has 2).
+pub fn levels(topic: &str) -> usize {
+    1 + topic.bytes().filter(|&b| b == b'/').count()
+}
+
 /// A parsed filter: `$share/{group}/{filter}` splits into its group and the plain filter.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParsedFilter<'a> {

@@ -4,7 +4,6 @@
 //! so a configuration that passes the check does not fail at start for a file or a name.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use crate::auth::Authenticator;
 use crate::config::{BindAddr, Config};
@@ -26,7 +25,7 @@ pub struct PreparedListener {
     pub name: String,
     /// Every address `bind` resolved to (one for an IP address).
     pub addrs: Vec<SocketAddr>,
-    pub tls: Option<(tokio_rustls::TlsAcceptor, Duration)>,
+    pub tls: Option<crate::tls::TlsListener>,
 }
 
 /// Loads and checks everything [`super::Server::start`] needs short of binding. Blocking (files,
@@ -38,7 +37,7 @@ pub fn preflight(config: &Config) -> Result<Prepared, StartError> {
     for (name, listener) in &config.listeners {
         let addrs = resolve(&format!("listeners.{name}.bind"), &listener.bind)?;
         let tls = match &listener.tls {
-            Some(tls) => Some((crate::tls::acceptor(name, tls)?, tls.handshake_timeout)),
+            Some(tls) => Some(crate::tls::listener(name, tls)?),
             None => None,
         };
         listeners.push(PreparedListener {

@@ -16,13 +16,22 @@ pub(super) fn collect(config: &Config, listeners: &[PreparedListener]) -> Vec<St
     warnings
 }
 
-/// No anonymous access and nothing to check credentials against. Any new source of
-/// credentials must be counted here.
+/// No anonymous access and nothing to check credentials against: no password file, no token
+/// key, no listener taking the user from a client certificate. Any new source of credentials
+/// must be counted here.
 fn refuses_everyone(config: &Config) -> Option<String> {
     let auth = &config.auth;
-    let has_credentials = !auth.password_file.as_os_str().is_empty();
+    let certificates = config
+        .listeners
+        .values()
+        .filter_map(|listener| listener.tls.as_ref())
+        .any(|tls| tls.identity_as_username);
+    let has_credentials = !auth.password_file.as_os_str().is_empty()
+        || !auth.jwt.key_file.as_os_str().is_empty()
+        || certificates;
     (!auth.allow_anonymous && !has_credentials).then(|| {
-        "auth.allow_anonymous = false and no auth.password_file: every client will be refused"
+        "auth.allow_anonymous = false with no auth.password_file, no auth.jwt.key_file and no \
+         listener with tls.identity_as_username: every client will be refused"
             .to_string()
     })
 }
@@ -78,6 +87,9 @@ mod tests {
             "{warnings:?}"
         );
         config.auth.password_file = "/etc/brokk/passwd".into();
+        assert!(collect(&config, &[listener("tcp", "0.0.0.0:1883")]).is_empty());
+        config.auth.password_file = "".into();
+        config.auth.jwt.key_file = "/etc/brokk/jwt.key".into();
         assert!(collect(&config, &[listener("tcp", "0.0.0.0:1883")]).is_empty());
     }
 

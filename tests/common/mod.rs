@@ -219,3 +219,41 @@ pub fn publish(topic: &str, qos: brokk::protocol::QoS, packet_id: u16, payload: 
         properties: Default::default(),
     })
 }
+
+pub const MIB: u64 = 1024 * 1024;
+
+pub fn series(reason: &str) -> String {
+    format!("brokk_connections_closed_total{{reason=\"{reason}\"}}")
+}
+
+/// Waits until the close counter for `reason` reaches `n` and asserts it is exactly `n`.
+pub async fn closed_exactly(broker: &TestBroker, reason: &str, n: f64) {
+    assert_eq!(broker.wait_metric(&series(reason), n).await, n, "{reason}");
+}
+
+pub async fn closed_at_least(broker: &TestBroker, reason: &str, n: f64) {
+    let got = broker.wait_metric(&series(reason), n).await;
+    assert!(got >= n, "{reason}: {got} < {n}");
+}
+
+/// Resident memory of this process (the broker runs in it).
+pub fn rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS");
+    kb * 1024
+}
+
+pub fn assert_growth_below(before: u64, limit: u64, what: &str) {
+    let after = rss();
+    let growth = after.saturating_sub(before);
+    assert!(
+        growth < limit,
+        "{what}: resident memory grew by {} MiB (limit {} MiB)",
+        growth / MIB,
+        limit / MIB
+    );
+}
