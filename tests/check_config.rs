@@ -294,3 +294,20 @@ fn a_port_in_use_exits_1() {
     let line = format!("brokk: cannot start: listeners.tcp.bind: cannot listen on {addr}");
     assert_eq!(err.matches(&line).count(), 1, "{err}");
 }
+
+#[test]
+fn a_broken_acl_file_is_refused() {
+    let files = Files::new();
+    std::fs::write(files.path("acl"), "topic readwrite a/#\nnonsense here\n").expect("write");
+    let path = files.config("[auth]\nacl_file = \"acl\"\n");
+    assert_refused(&path, "auth.acl_file", "line 2");
+}
+
+#[test]
+fn a_jwt_key_that_is_no_public_key_is_refused() {
+    let files = Files::new();
+    let path = files.config(
+        "[auth]\nallow_anonymous = false\n[auth.jwt]\nkey_file = \"server.pem\"\nalgorithm = \"RS256\"\n",
+    );
+    assert_refused(&path, "auth.jwt.key_file", "");
+}
