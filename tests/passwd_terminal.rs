@@ -20,6 +20,8 @@ use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
 struct Terminal {
     master: File,
     output: Arc<Mutex<String>>,
+    /// Signalled when the reader has seen the end of the terminal's output.
+    drained: std::sync::mpsc::Receiver<()>,
     child: std::process::Child,
 }
 
@@ -57,6 +59,7 @@ impl Terminal {
         let output = Arc::new(Mutex::new(String::new()));
         let mut reader = master.try_clone().expect("dup");
         let sink = output.clone();
+        let (done, drained) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut buf = [0u8; 256];
             // Ends with EIO once the child has exited and the terminal has no other user.
@@ -65,10 +68,12 @@ impl Terminal {
                     out.push_str(&String::from_utf8_lossy(&buf[..n]));
                 }
             }
+            let _ = done.send(());
         });
         Terminal {
             master,
             output,
+            drained,
             child,
         }
     }
@@ -99,8 +104,10 @@ impl Terminal {
             .expect("type");
     }
 
+    /// The exit status and everything the terminal showed, its last lines included.
     fn wait(mut self) -> (ExitStatus, String) {
         let status = self.child.wait().expect("wait");
+        let _ = self.drained.recv_timeout(WAIT);
         (status, self.output())
     }
 }
