@@ -139,6 +139,7 @@ async fn run(flags: u8, rest: &[u8]) {
             peer: "127.0.0.1:1".parse().expect("peer address"),
             over_limit: false,
             shutdown: shutdown_rx.clone(),
+            identity: brokk::auth::PeerIdentity::None,
         };
         let server = tokio::spawn(serve(ctx, server_side));
         let (mut read_half, mut writer) = tokio::io::split(client);
