@@ -527,7 +527,7 @@ fn build(
         .add_source(config::File::from_str(text, config::FileFormat::Toml))
         .add_source(
             config::Environment::with_prefix("BROKK")
-                // The prefix is joined by one underscore, levels by two (see CONTRACT.md).
+                // The prefix is joined by one underscore, levels by two (see the README).
                 .prefix_separator("_")
                 .separator("__")
                 .try_parsing(true)

@@ -2,11 +2,18 @@
 //!
 //! Module map:
 //! - [`config`]: broker.toml, defaults, environment overrides, validation.
+//! - [`server`]: listeners, the accept loop, graceful shutdown.
+//! - [`connection`]: one connection's life, in phases (CONNECT, the main loop, close).
+//! - [`sessions`]: the whole life of a session (the table, takeover, queues, wills, expiry,
+//!   why it ended) and the store seam.
 //! - [`protocol`]: the wire (framing, codec, semantic checks); the only user of the codec crate.
 //! - [`close`]: [`close::CloseReason`], the one reason every connection ends with.
-//! - [`router`]: topic filters, the subscription index, shared groups, retained messages.
+//! - [`router`]: topic filters, the subscription index, shared groups, retained messages;
+//!   `routing`: the router as the broker shares it.
+//! - `sessions::store::record`: the records of the durable session store (encoding, checksums).
 //! - [`auth`], [`tls`], [`metrics`], [`logging`]: operations; [`server::preflight`] loads
 //!   everything a start needs (shared by `--check-config`).
+#![forbid(unsafe_code)]
 
 pub mod auth;
 pub mod broker;
@@ -14,14 +21,12 @@ pub mod close;
 pub mod config;
 pub mod connection;
 pub mod logging;
-pub mod logsafe;
-pub mod message;
+mod logsafe;
+mod message;
 pub mod metrics;
-pub mod outbox;
-pub mod outbuf;
 pub mod protocol;
-pub mod registry;
 pub mod router;
+mod routing;
 pub mod server;
-pub mod session;
+pub mod sessions;
 pub mod tls;

@@ -2,11 +2,12 @@
 //! subscriber's queue, so fan-out copies a pointer, not the payload.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::Duration;
 
 use bytes::Bytes;
+use tokio::time::Instant;
 
-use crate::protocol::QoS;
+use crate::protocol::{EncodeError, QoS, Will};
 
 #[derive(Debug)]
 pub struct Message {
@@ -58,4 +59,21 @@ pub struct Delivery {
     /// subscription asked for Retain As Published.
     pub retain: bool,
     pub subscription_identifiers: Vec<u32>,
+}
+
+/// The message a will becomes when it is published (its expiry counted from now).
+pub fn from_will(will: Will) -> Result<Arc<Message>, EncodeError> {
+    let properties = crate::protocol::encode_passthrough_properties(&will.properties)?;
+    let expires_at = will
+        .properties
+        .message_expiry_interval
+        .map(|secs| Instant::now() + Duration::from_secs(u64::from(secs)));
+    Ok(Arc::new(Message {
+        topic: Arc::from(will.topic.as_str()),
+        payload: will.payload,
+        qos: will.qos,
+        retain: will.retain,
+        properties,
+        expires_at,
+    }))
 }

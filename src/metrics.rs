@@ -1,4 +1,4 @@
-//! Metric names and help texts in one place (the names are fixed in CONTRACT.md), the
+//! Metric names and help texts in one place (the names are a documented interface: see the README), the
 //! process-wide Prometheus recorder, and the small HTTP server behind `GET /metrics`.
 //!
 //! The process series, `brokk_build_info` and the page's stable order are in `exposition`.
@@ -39,10 +39,11 @@ pub const MESSAGES_DROPPED: &str = "brokk_messages_dropped_total";
 pub const QUEUED_MESSAGES: &str = "brokk_queued_messages";
 pub const RETAINED_MESSAGES: &str = "brokk_retained_messages";
 pub const SUBSCRIPTIONS: &str = "brokk_subscriptions";
+pub const SESSIONS_ENDED: &str = "brokk_sessions_ended_total";
 pub const BUILD_INFO: &str = "brokk_build_info";
 
 /// Every brokk metric name, for tests and tooling (the `process_*` series come on top).
-pub const ALL: [&str; 13] = [
+pub const ALL: [&str; 14] = [
     CONNECTIONS,
     SESSIONS,
     CONNECTIONS_CLOSED,
@@ -55,6 +56,7 @@ pub const ALL: [&str; 13] = [
     QUEUED_MESSAGES,
     RETAINED_MESSAGES,
     SUBSCRIPTIONS,
+    SESSIONS_ENDED,
     BUILD_INFO,
 ];
 
@@ -149,6 +151,10 @@ pub fn describe() {
     );
     describe_gauge!(RETAINED_MESSAGES, "Retained messages stored.");
     describe_gauge!(SUBSCRIPTIONS, "Subscriptions, all sessions together.");
+    describe_counter!(
+        SESSIONS_ENDED,
+        "Sessions ended, by why (each session ends once, whatever its connections did)."
+    );
 }
 
 /// Installs the Prometheus recorder process-wide on first call and returns its handle; later
@@ -206,6 +212,9 @@ fn initialise() {
     gauge!(QUEUED_MESSAGES).set(0.0);
     gauge!(RETAINED_MESSAGES).set(0.0);
     gauge!(SUBSCRIPTIONS).set(0.0);
+    for end in crate::sessions::SessionEnd::ALL {
+        counter!(SESSIONS_ENDED, "reason" => end.label()).increment(0);
+    }
 }
 
 /// Answers `GET /metrics` on `listener` until `shutdown` resolves; then stops accepting and
@@ -280,6 +289,46 @@ fn respond<B>(request: &Request<B>, handle: &PrometheusHandle) -> Response<Full<
         .insert(CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE_TEXT));
     *response.body_mut() = Full::new(Bytes::from(exposition::render(handle)));
     response
+}
+
+/// Metric handles registered once, so the per-message path does not look names up.
+pub struct Stats {
+    pub received: [metrics::Counter; 3],
+    pub sent: [metrics::Counter; 3],
+    pub bytes_received: metrics::Counter,
+    pub bytes_sent: metrics::Counter,
+    pub dropped_queue_full: metrics::Counter,
+    pub dropped_too_large: metrics::Counter,
+    pub dropped_expired: metrics::Counter,
+    pub connections: metrics::Gauge,
+    pub queued: metrics::Gauge,
+    pub subscriptions: metrics::Gauge,
+    pub retained: metrics::Gauge,
+}
+
+impl Stats {
+    pub fn new() -> Stats {
+        let by_qos = |name: &'static str| QOS_LABELS.map(|q| counter!(name, "qos" => q));
+        Stats {
+            received: by_qos(MESSAGES_RECEIVED),
+            sent: by_qos(MESSAGES_SENT),
+            bytes_received: counter!(BYTES_RECEIVED),
+            bytes_sent: counter!(BYTES_SENT),
+            dropped_queue_full: counter!(MESSAGES_DROPPED, "reason" => "queue_full"),
+            dropped_too_large: counter!(MESSAGES_DROPPED, "reason" => "too_large_for_client"),
+            dropped_expired: counter!(MESSAGES_DROPPED, "reason" => "expired"),
+            connections: gauge!(CONNECTIONS),
+            queued: gauge!(QUEUED_MESSAGES),
+            subscriptions: gauge!(SUBSCRIPTIONS),
+            retained: gauge!(RETAINED_MESSAGES),
+        }
+    }
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats::new()
+    }
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ mod warnings;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
@@ -112,6 +112,7 @@ impl Server {
             listeners.push((name.clone(), addr));
             accept_tasks.push(tokio::spawn(accept_loop(
                 broker.clone(),
+                Arc::from(name.as_str()),
                 socket,
                 tls,
                 shutdown_rx.clone(),
@@ -227,6 +228,7 @@ impl Drop for ConnectionSlot {
 
 async fn accept_loop(
     broker: Arc<Broker>,
+    listener: Arc<str>,
     socket: TcpListener,
     tls: Option<crate::tls::TlsListener>,
     mut shutdown: watch::Receiver<bool>,
@@ -253,6 +255,7 @@ async fn accept_loop(
         let ctx = ConnectionContext {
             broker: broker.clone(),
             peer,
+            listener: listener.clone(),
             over_limit: open > broker.config.limits.max_connections,
             shutdown: shutdown.clone(),
             identity: crate::auth::PeerIdentity::None,
@@ -280,7 +283,7 @@ async fn serve_socket(
         // Boxed: a TLS session is large, and plain connections should not carry its size.
         Some(tls) => {
             Box::pin(async move {
-                let started = Instant::now();
+                let started = tokio::time::Instant::now();
                 let mut ctx = ctx;
                 match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream)).await
                 {

@@ -609,7 +609,7 @@ async fn ill_formed_utf8_and_nul_in_connect_are_closed_mqtt_1_5_4_1() {
         expect_no_session(&mut raw).await;
     }
     closed_exactly(&broker, "invalid_inbound_message", 6.0).await;
-    assert_eq!(broker.server().broker().registry.counts(), (0, 0));
+    assert_eq!(broker.server().broker().sessions.counts(), (0, 0));
     still_serves(broker.addr).await;
     broker.stop().await;
 }
@@ -887,7 +887,7 @@ async fn will_topic_with_wildcard_is_refused_with_0x90_mqtt_4_7_0_1() {
             "expected CONNACK 0x90, got {sent:?}"
         );
     }
-    assert_eq!(broker.server().broker().registry.counts(), (0, 0));
+    assert_eq!(broker.server().broker().sessions.counts(), (0, 0));
     still_serves(broker.addr).await;
     broker.stop().await;
 }
@@ -915,7 +915,7 @@ async fn flapping_takeovers_leave_one_session_mqtt_3_1_4_3() {
         current = next;
     }
     closed_at_least(&broker, "session_taken_over", 199.0).await;
-    assert_eq!(broker.server().broker().registry.counts(), (1, 0));
+    assert_eq!(broker.server().broker().sessions.counts(), (1, 0));
     current.send(&[0xC0, 0x00]).await;
     assert_eq!(current.recv().await, Some(Packet::PingResp));
     still_serves(broker.addr).await;
@@ -944,7 +944,7 @@ async fn concurrent_flapping_takeovers_leave_one_session_mqtt_3_1_4_3() {
         all.extend(timeout(task).await.expect("task"));
     }
     closed_at_least(&broker, "session_taken_over", 199.0).await;
-    assert_eq!(broker.server().broker().registry.counts(), (1, 0));
+    assert_eq!(broker.server().broker().sessions.counts(), (1, 0));
     let mut open = 0;
     for mut raw in all {
         raw.send(&[0xC0, 0x00]).await;
@@ -1006,7 +1006,7 @@ async fn shared_subscription_with_no_local_is_protocol_error_mqtt_3_8_3_4() {
     .await;
     expect_disconnect(&mut raw, 0x82).await;
     closed_exactly(&broker, "invalid_inbound_message", 1.0).await;
-    assert_eq!(broker.server().broker().subscriptions().len(), 0);
+    assert_eq!(broker.server().broker().sessions.subscription_count(), 0);
     still_serves(broker.addr).await;
     broker.stop().await;
 }
@@ -1049,7 +1049,7 @@ async fn subscribe_unsubscribe_storm_leaves_no_subscriptions() {
             }
         }
     }
-    assert_eq!(broker.server().broker().subscriptions().len(), 0);
+    assert_eq!(broker.server().broker().sessions.subscription_count(), 0);
 
     // Hold 2,000 at once, then drop them all.
     for start in (0..2000).step_by(batch) {
@@ -1062,7 +1062,7 @@ async fn subscribe_unsubscribe_storm_leaves_no_subscriptions() {
             other => panic!("expected SUBACK, got {other:?}"),
         }
     }
-    assert_eq!(broker.server().broker().subscriptions().len(), 2000);
+    assert_eq!(broker.server().broker().sessions.subscription_count(), 2000);
     for start in (0..2000).step_by(batch) {
         raw.send_packet(&unsubscribe(
             2,
@@ -1074,7 +1074,7 @@ async fn subscribe_unsubscribe_storm_leaves_no_subscriptions() {
             other => panic!("expected UNSUBACK, got {other:?}"),
         }
     }
-    assert_eq!(broker.server().broker().subscriptions().len(), 0);
+    assert_eq!(broker.server().broker().sessions.subscription_count(), 0);
     assert_growth_below(before, 16 * MIB, "subscribe/unsubscribe storm");
     raw.send(&[0xC0, 0x00]).await;
     assert_eq!(raw.recv().await, Some(Packet::PingResp));

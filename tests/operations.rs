@@ -387,6 +387,7 @@ async fn connection_task_state_stays_small() {
     let ctx = brokk::connection::ConnectionContext {
         broker,
         peer: "127.0.0.1:1".parse().expect("addr"),
+        listener: std::sync::Arc::from("tcp"),
         over_limit: false,
         shutdown,
         identity: brokk::auth::PeerIdentity::None,

@@ -321,7 +321,7 @@ async fn connect_disconnect_and_takeover_cycles_leak_nothing() {
     let server = broker.server().broker();
     let connections_closed =
         eventually(async || broker.metric("brokk_connections").await == 0.0).await;
-    let sessions_gone = eventually(async || server.registry.counts() == (0, 0)).await;
+    let sessions_gone = eventually(async || server.sessions.counts() == (0, 0)).await;
     // The last expiry timers end MAX_SESSION_EXPIRY after the last persistent disconnect.
     tokio::time::sleep(MAX_SESSION_EXPIRY).await;
     let tasks_back = eventually(async || runtime.num_alive_tasks() <= tasks_before).await;
@@ -340,8 +340,8 @@ async fn connect_disconnect_and_takeover_cycles_leak_nothing() {
         cycles as f64 / elapsed.as_secs_f64(),
         mib(rss_warm),
         mib(rss_end),
-        server.registry.counts(),
-        server.subscriptions().len(),
+        server.sessions.counts(),
+        server.sessions.subscription_count(),
         runtime.num_alive_tasks(),
     );
 
@@ -353,9 +353,13 @@ async fn connect_disconnect_and_takeover_cycles_leak_nothing() {
     assert!(
         sessions_gone,
         "sessions left (connected, disconnected): {:?}",
-        server.registry.counts()
+        server.sessions.counts()
     );
-    assert_eq!(server.subscriptions().len(), 0, "subscriptions left");
+    assert_eq!(
+        server.sessions.subscription_count(),
+        0,
+        "subscriptions left"
+    );
     assert!(
         tasks_back,
         "{} tasks alive, {tasks_before} before the cycles",

@@ -18,7 +18,14 @@ const LOOPBACK: [(&str, &str); 2] = [
 
 #[tokio::test]
 async fn logs_go_to_stderr_starting_with_version_and_config_source() {
-    let mut brokk = BrokkProcess::start(Vec::<&str>::new(), &LOOPBACK);
+    // A password file, so that the connect line has a user to name.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let passwd = dir.path().join("passwd");
+    brokk::auth::passwd_set(&passwd, "alice", "right").expect("passwd");
+    let passwd = passwd.to_str().expect("utf-8 path");
+    let mut envs = LOOPBACK.to_vec();
+    envs.push(("BROKK_AUTH__PASSWORD_FILE", passwd));
+    let mut brokk = BrokkProcess::start(Vec::<&str>::new(), &envs);
     let first = brokk.wait_line(|line| line.contains("brokk starting"));
     assert!(first.contains(" INFO "), "{first}");
     let version = format!("version={}", env!("CARGO_PKG_VERSION"));
@@ -30,7 +37,7 @@ async fn logs_go_to_stderr_starting_with_version_and_config_source() {
     // One INFO line per client, as Mosquitto's "New client connected".
     let mut connect = connect_packet(Version::V5, "log-client");
     connect.username = Some("alice".to_string());
-    connect.password = Some(Bytes::from_static(b"x"));
+    connect.password = Some(Bytes::from_static(b"right"));
     connect.keep_alive = 45;
     let (_client, connack) = Raw::connect(addr, connect).await;
     assert_eq!(connack.reason_code, 0);
@@ -44,7 +51,8 @@ async fn logs_go_to_stderr_starting_with_version_and_config_source() {
     assert_eq!(field(&line, "protocol"), Some("\"5.0\""), "{line}");
     assert_eq!(field(&line, "clean_start"), Some("true"), "{line}");
     assert_eq!(field(&line, "keep_alive"), Some("45"), "{line}");
-    assert_eq!(field(&line, "user"), Some("alice"), "{line}");
+    let user = field(&line, "user").map(|u| u.trim_matches('"'));
+    assert_eq!(user, Some("alice"), "{line}");
 
     assert_eq!(brokk.stdout(), "", "stdout stays free");
     let stdout = brokk.stdout();

@@ -137,6 +137,7 @@ async fn run(flags: u8, rest: &[u8]) {
         let ctx = ConnectionContext {
             broker: broker.clone(),
             peer: "127.0.0.1:1".parse().expect("peer address"),
+            listener: std::sync::Arc::from("fuzz"),
             over_limit: false,
             shutdown: shutdown_rx.clone(),
             identity: brokk::auth::PeerIdentity::None,
@@ -219,7 +220,7 @@ async fn run(flags: u8, rest: &[u8]) {
             Err(_) => panic!("the broker's side of a connection was not closed"),
         }
     }
-    let (connected, _) = broker.registry.counts();
+    let (connected, _) = broker.sessions.counts();
     assert_eq!(
         connected, 0,
         "a session is still connected after every connection ended"

@@ -5,7 +5,9 @@
 //! Each function panics (and so makes libFuzzer report a crash) when an invariant breaks.
 
 pub mod connection;
+pub mod router;
 pub mod seeds;
+pub mod store_format;
 
 use brokk::protocol::{self, DecodeError, Packet, Version};
 use bytes::BytesMut;

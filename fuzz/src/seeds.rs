@@ -1,5 +1,6 @@
 //! The seed corpus: small valid packets of every type for both versions, encoded with brokk's
-//! own encoder, and packet sequences for the connection target. `tests/replay.rs` writes
+//! own encoder, packet sequences for the connection target, and stored records of every kind
+//! for the store_format target. `tests/replay.rs` writes
 //! them to `corpus/<target>/` (when `BROKK_FUZZ_WRITE_SEEDS=1`) and checks they are current.
 
 use brokk::protocol::{
@@ -364,5 +365,43 @@ pub fn all() -> Vec<(&'static str, String, Vec<u8>)> {
             ],
         ),
     ));
+    out.extend(router_seeds());
+    out.extend(crate::store_format::seeds());
     out
+}
+
+/// Router seeds: operations `[op, client, levels_hi, levels_lo, picks...]` (see
+/// `router.rs`): deep filters and topics of 5,000 to 20,000 levels, wildcards, `$` levels.
+fn router_seeds() -> Vec<(&'static str, String, Vec<u8>)> {
+    let op = |code: u8, client: u8, levels: u16, picks: [u8; 4]| {
+        let mut bytes = vec![code, client];
+        bytes.extend_from_slice(&levels.to_be_bytes());
+        bytes.extend_from_slice(&picks);
+        bytes
+    };
+    let deep_subscribe_route = [
+        op(0, 0, 5_000, [0, 0, 0, 0]),     // subscribe a/a/.../a (5,001 levels)
+        op(0, 1, 19_999, [2, 2, 2, 2]),    // subscribe +/+/.../+ (20,000 levels)
+        op(0, 2, 3, [0, 1, 3, 3]),         // subscribe a/b/#/# -> invalid, skipped
+        op(0, 3, 1, [3, 3, 3, 3]),         // subscribe #/# -> invalid; 2 levels of `#`
+        op(2, 0, 5_000, [0, 0, 0, 0]),     // route a/.../a
+        op(3, 0, 9_999, [0, 6, 4, 7]),     // retain a deep topic
+        op(5, 0, 0, [3, 3, 3, 3]),         // retained matching `#`
+        op(4, 0, 9_999, [0, 6, 4, 7]),     // clear it
+        op(1, 0, 5_000, [0, 0, 0, 0]),     // unsubscribe
+    ]
+    .concat();
+    let dollar = [
+        op(0, 0, 0, [3, 0, 0, 0]), // `#`
+        op(0, 1, 1, [5, 2, 0, 0]), // $x/+
+        op(3, 0, 1, [5, 0, 0, 0]), // retain $x/a
+        op(2, 0, 1, [5, 0, 0, 0]), // route $x/a: only the $x/+ subscriber
+        op(5, 0, 0, [3, 0, 0, 0]), // `#` does not see $x/a
+        op(5, 0, 1, [5, 3, 0, 0]), // $x/# does
+    ]
+    .concat();
+    vec![
+        ("router", "deep".to_string(), deep_subscribe_route),
+        ("router", "dollar".to_string(), dollar),
+    ]
 }

@@ -1,6 +1,7 @@
-//! A session's outbound queue, shared between the publishers that fill it and the connection
-//! that drains it. It outlives connections: while the session waits for its client, messages
-//! keep arriving here (up to `max_queue_depth_disconnected`).
+//! A session's outbound queue, shared between the publishers that fill it (through the
+//! router's index, which holds an `Arc<Queue>` per subscription) and the connection that
+//! drains it. It outlives connections: while the session waits for its client, messages keep
+//! arriving here (up to `max_queue_depth_disconnected` / `max_queue_bytes_disconnected`).
 //!
 //! A std `Mutex` is enough: it is held for a push or a drain of a batch, never across an
 //! `.await`, and the consumer takes a whole batch per lock.
@@ -41,7 +42,7 @@ struct State {
 }
 
 #[derive(Debug)]
-pub struct Outbox {
+pub struct Queue {
     state: Mutex<State>,
     /// Wakes the connection task when something was queued or the queue overflowed.
     notify: Notify,
@@ -86,9 +87,9 @@ impl State {
     }
 }
 
-impl Outbox {
-    pub fn new(limits: QueueLimits, queued: metrics::Gauge) -> Outbox {
-        Outbox {
+impl Queue {
+    pub fn new(limits: QueueLimits, queued: metrics::Gauge) -> Queue {
+        Queue {
             state: Mutex::new(State {
                 queue: VecDeque::new(),
                 bytes: 0,

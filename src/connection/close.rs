@@ -1,0 +1,151 @@
+//! How a connection ends: the v5 DISCONNECT that says why, what is owed flushed within a
+//! deadline, the session handed back through its lease, and the close logged and counted once.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+
+use crate::close::CloseReason;
+use crate::logsafe::LogId;
+use crate::protocol::{self, Disconnect, Packet, Version};
+
+use super::Close;
+use super::io::Io;
+use super::run::Connection;
+
+/// How long the final DISCONNECT (and pending output) may take to write on a close that is
+/// not a shutdown.
+const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A close before any session exists (no CONNECT, a bad or refused CONNECT, a timeout):
+/// what is owed (a CONNACK refusal) is flushed briefly, then the close is logged and counted.
+pub(super) async fn close_unattached<R, W>(
+    mut io: Io<R, W>,
+    peer: SocketAddr,
+    client_id: Option<&str>,
+    close: Close,
+    started: Instant,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    flush_and_shut(&mut io).await;
+    log_close(
+        client_id,
+        peer,
+        close.reason,
+        started,
+        close.detail.as_deref(),
+    );
+}
+
+/// Writes what is owed and shuts the write side, each within [`CLOSE_WRITE_TIMEOUT`]; a peer
+/// that does not take it is not waited for longer.
+async fn flush_and_shut<R, W>(io: &mut Io<R, W>)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    if let Ok(Err(error)) = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, io.flush_all()).await {
+        tracing::debug!(%error, "final output not written");
+    }
+    if let Ok(Err(error)) = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, io.writer.shutdown()).await {
+        tracing::debug!(%error, "socket not shut down cleanly");
+    }
+}
+
+/// Counts and logs one close: every connection ends here exactly once.
+pub(crate) fn log_close(
+    client_id: Option<&str>,
+    peer: SocketAddr,
+    reason: CloseReason,
+    started: Instant,
+    detail: Option<&str>,
+) {
+    metrics::counter!(crate::metrics::CONNECTIONS_CLOSED, "reason" => reason.label()).increment(1);
+    let duration_ms = started.elapsed().as_millis() as u64;
+    let id = client_id.unwrap_or("-");
+    let client_id = LogId(id);
+    match reason {
+        // A socket that closes before any CONNECT is a port probe (health checks, load
+        // balancers): counted like every close, logged only at debug level.
+        CloseReason::ConnectionLost if id == "-" => tracing::debug!(
+            %client_id,
+            %peer,
+            reason = reason.label(),
+            duration_ms,
+            detail,
+            "connection closed"
+        ),
+        // A reset or failed socket is the network's doing, logged like other closes; only
+        // the broker's own faults are warnings.
+        CloseReason::InternalError => {
+            tracing::warn!(%client_id, %peer, reason = reason.label(), duration_ms, detail, "connection closed")
+        }
+        _ => {
+            tracing::info!(%client_id, %peer, reason = reason.label(), duration_ms, detail, "connection closed")
+        }
+    }
+}
+
+impl Connection {
+    /// The DISCONNECT a v5 client is told the close with (MQTT-3.14.2-3: without the Reason
+    /// String if it would take the packet past the client's Maximum Packet Size).
+    fn farewell(&self, reason: CloseReason) -> Option<Packet> {
+        if self.version != Version::V5 {
+            return None;
+        }
+        let code = reason.disconnect_code()?;
+        let mut disconnect = Disconnect::with_reason(code, Some(reason.label().to_string()));
+        if let Some(limit) = self.client_maximum_packet_size {
+            let packet = Packet::Disconnect(disconnect.clone());
+            let size = protocol::encoded_len(&packet, self.version).unwrap_or(usize::MAX);
+            if size > limit as usize {
+                disconnect.reason_string = None;
+            }
+        }
+        Some(Packet::Disconnect(disconnect))
+    }
+
+    /// Ends the connection: tell a v5 client why, flush what is owed within the deadline,
+    /// hand the session back (or over) through the lease, log and count once.
+    pub(super) async fn finish<R, W>(self, mut io: Io<R, W>, close: Close, started: Instant)
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let reason = close.reason;
+        // Nothing more can be written to a peer that is gone, or that has stopped reading.
+        let peer_gone = close.output_stalled
+            || matches!(
+                reason,
+                CloseReason::ConnectionLost | CloseReason::IoException
+            );
+        if !peer_gone {
+            if let Some(packet) = self.farewell(reason)
+                && let Err(error) = self.send(&packet, &mut io.out)
+            {
+                tracing::error!(client_id = %LogId(&self.client_id), %error, "DISCONNECT not sent");
+            }
+            flush_and_shut(&mut io).await;
+        }
+        drop(io);
+        let Connection {
+            lease,
+            client_id,
+            peer,
+            will_on_close,
+            ..
+        } = self;
+        lease.finish(reason, will_on_close, close.discard).await;
+        log_close(
+            Some(&client_id),
+            peer,
+            reason,
+            started,
+            close.detail.as_deref(),
+        );
+    }
+}

@@ -1,0 +1,280 @@
+//! The CONNECT: what is negotiated (pure, unit-tested without sockets), authentication, taking
+//! the session, and the CONNACK.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::auth::LoginRequest;
+use crate::config::Limits;
+use crate::logsafe::LogId;
+use crate::protocol::{ConnAck, ConnAckProperties, Connect, Packet, Version, Will};
+use crate::router;
+use crate::sessions::{ConnInfo, ConnectRequest, Counters};
+
+use super::io::Io;
+use super::run::Connection;
+use super::{ConnectionContext, encode_or_log, own_payload};
+
+/// Topic aliases a v5 client may use towards us (CONNACK Topic Alias Maximum).
+pub(super) const INBOUND_TOPIC_ALIAS_MAX: u16 = 64;
+
+/// What a CONNECT negotiated, before any session is touched.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Negotiated {
+    /// `None`: the client sent an empty client id and brokk assigns one.
+    pub client_id: Option<Arc<str>>,
+    /// Seconds; 0 = none.
+    pub keep_alive: u16,
+    /// v5 Server Keep Alive, when brokk overrides the client's value.
+    pub server_keep_alive: Option<u16>,
+    /// Session Expiry Interval, capped by `session.max_session_expiry`.
+    pub expiry: u32,
+    /// Whether the cap changed what the client asked (v5 then tells it in CONNACK).
+    pub expiry_capped: bool,
+    pub client_receive_maximum: u16,
+    pub client_maximum_packet_size: Option<u32>,
+    pub client_topic_alias_maximum: u16,
+}
+
+/// A CONNECT refused before any session exists.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// The v5 CONNACK reason code (mapped to the nearest 3.1.1 return code when sent).
+    pub code: u8,
+    pub why: String,
+    /// false: the CONNECT is malformed and the connection closes without a CONNACK
+    /// (MQTT-3.1.4-1).
+    pub connack: bool,
+}
+
+fn refusal(code: u8, why: &str) -> Refusal {
+    Refusal {
+        code,
+        why: why.to_string(),
+        connack: true,
+    }
+}
+
+/// Checks a CONNECT against the limits and works out keep-alive, expiry and the client's own
+/// limits. `max_session_expiry` is `session.max_session_expiry` in seconds.
+pub fn negotiate(
+    connect: &Connect,
+    limits: &Limits,
+    max_session_expiry: u32,
+) -> Result<Negotiated, Refusal> {
+    let version = connect.version;
+    if connect.authentication_method.is_some() {
+        return Err(refusal(0x8C, "enhanced authentication is not supported"));
+    }
+    if let Some(will) = &connect.will {
+        check_will(will, version, limits)?;
+    }
+    let client_id = if connect.client_id.is_empty() {
+        // MQTT-3.1.3-8: an empty client id needs clean session 1 in 3.1.1.
+        if version == Version::V311 && !connect.clean_start {
+            return Err(refusal(0x85, "empty client id without clean session"));
+        }
+        None
+    } else {
+        Some(Arc::from(connect.client_id.as_str()))
+    };
+    // Keep-alive: a cap from max_keep_alive. v5 tells the client (Server Keep Alive); 3.1.1
+    // has no way to, so, as Mosquitto does, a 3.1.1 client asking for more is refused with a
+    // reason it can log rather than cut off later for a rule it was never told.
+    let cap = u16::try_from(limits.max_keep_alive.as_secs()).unwrap_or(u16::MAX);
+    let mut keep_alive = connect.keep_alive;
+    let mut server_keep_alive = None;
+    if cap > 0 && (keep_alive == 0 || keep_alive > cap) {
+        if version == Version::V311 {
+            return Err(refusal(0x85, "keep-alive above max_keep_alive"));
+        }
+        keep_alive = cap;
+        server_keep_alive = Some(cap);
+    }
+    let (expiry, expiry_capped) = match version {
+        Version::V311 => (
+            if connect.clean_start {
+                0
+            } else {
+                max_session_expiry
+            },
+            false,
+        ),
+        Version::V5 => {
+            let asked = connect.session_expiry_interval.unwrap_or(0);
+            (asked.min(max_session_expiry), asked > max_session_expiry)
+        }
+    };
+    Ok(Negotiated {
+        client_id,
+        keep_alive,
+        server_keep_alive,
+        expiry,
+        expiry_capped,
+        client_receive_maximum: connect.receive_maximum.unwrap_or(u16::MAX).max(1),
+        client_maximum_packet_size: connect.maximum_packet_size,
+        client_topic_alias_maximum: connect.topic_alias_maximum.unwrap_or(0),
+    })
+}
+
+/// The will topic is a topic name: not empty, no wildcards, not deeper than
+/// `limits.max_topic_levels` (MQTT-3.1.3-11; v5 names 0x90 Topic Name Invalid for a bad one).
+fn check_will(will: &Will, version: Version, limits: &Limits) -> Result<(), Refusal> {
+    if will.topic.is_empty() && version == Version::V311 {
+        // A zero-length Will Topic makes the CONNECT malformed: close without a CONNACK, whose
+        // return codes would all invite a retry (MQTT-3.1.4-1).
+        return Err(Refusal {
+            connack: false,
+            ..refusal(0x81, "empty will topic")
+        });
+    }
+    if router::validate_topic_name(&will.topic).is_err()
+        || router::levels(&will.topic) > limits.max_topic_levels
+    {
+        return Err(refusal(0x90, "invalid will topic"));
+    }
+    Ok(())
+}
+
+/// A CONNECT that was refused, for the close log and the refusal metric.
+pub(super) struct Refused {
+    pub version: Version,
+    pub code: u8,
+    pub client_id: Option<String>,
+    pub why: String,
+}
+
+fn refuse<R, W>(io: &mut Io<R, W>, connect: &Connect, refusal: Refusal) -> Refused {
+    if refusal.connack {
+        let connack = Packet::ConnAck(ConnAck {
+            session_present: false,
+            reason_code: refusal.code,
+            properties: ConnAckProperties::default(),
+        });
+        encode_or_log(&connack, connect.version, &mut io.out);
+    }
+    Refused {
+        version: connect.version,
+        code: refusal.code,
+        client_id: (!connect.client_id.is_empty()).then(|| connect.client_id.clone()),
+        why: refusal.why,
+    }
+}
+
+/// Checks the CONNECT, authenticates, takes the session (taking it over from a connected
+/// owner if there is one), and writes the CONNACK.
+pub(super) async fn accept<R, W>(
+    ctx: &ConnectionContext,
+    connect: Box<Connect>,
+    io: &mut Io<R, W>,
+) -> Result<Connection, Refused>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let broker = &ctx.broker;
+    let limits = &broker.config.limits;
+    if ctx.over_limit {
+        return Err(refuse(
+            io,
+            &connect,
+            refusal(0x97, "max_connections reached"),
+        ));
+    }
+    let negotiated = negotiate(&connect, limits, broker.max_session_expiry())
+        .map_err(|r| refuse(io, &connect, r))?;
+    // Password checks wait their turn in the login gate (bounded, fair between addresses).
+    let login = broker
+        .auth
+        .login(LoginRequest {
+            peer: ctx.peer,
+            username: connect.username.as_deref(),
+            password: connect.password.as_ref(),
+            identity: &ctx.identity,
+        })
+        .await
+        .map_err(|r| refuse(io, &connect, refusal(r.reason_code(), &r.detail())))?;
+    let assigned = negotiated
+        .client_id
+        .is_none()
+        .then(|| Arc::<str>::from(broker.assign_client_id()));
+    let client_id = negotiated
+        .client_id
+        .clone()
+        .or_else(|| assigned.clone())
+        .unwrap_or_else(|| Arc::from(""));
+    let lease = broker
+        .sessions
+        .connect(ConnectRequest {
+            client_id: client_id.clone(),
+            clean_start: connect.clean_start,
+            expiry_interval: negotiated.expiry,
+            will: connect.will.clone().map(|will| Will {
+                payload: own_payload(will.payload),
+                ..will
+            }),
+            info: ConnInfo {
+                user: login.user.clone(),
+                peer: ctx.peer,
+                listener: ctx.listener.clone(),
+                version: connect.version,
+                connected_at: SystemTime::now(),
+                counters: Counters::default(),
+            },
+        })
+        .await;
+    let connack = Packet::ConnAck(ConnAck {
+        session_present: lease.session_present(),
+        reason_code: 0,
+        properties: connack_properties(&negotiated, connect.version, limits, assigned),
+    });
+    encode_or_log(&connack, connect.version, &mut io.out);
+    broker.stats_connect(connect.version, true);
+    tracing::info!(
+        client_id = %LogId(&client_id),
+        peer = %ctx.peer,
+        protocol = connect.version.label(),
+        clean_start = connect.clean_start,
+        keep_alive = negotiated.keep_alive,
+        user = login.user.as_deref().map(|u| LogId(u).to_string()),
+        session_present = lease.session_present(),
+        "client connected"
+    );
+    let mut conn = Connection::new(ctx, lease, &negotiated);
+    conn.resend_inflight(&mut io.out);
+    Ok(conn)
+}
+
+fn connack_properties(
+    negotiated: &Negotiated,
+    version: Version,
+    limits: &Limits,
+    assigned: Option<Arc<str>>,
+) -> ConnAckProperties {
+    if version != Version::V5 {
+        return ConnAckProperties::default();
+    }
+    ConnAckProperties {
+        session_expiry_interval: negotiated.expiry_capped.then_some(negotiated.expiry),
+        receive_maximum: Some(limits.receive_maximum),
+        maximum_packet_size: Some(limits.max_packet_size),
+        assigned_client_identifier: assigned.map(|id| id.to_string()),
+        topic_alias_maximum: Some(INBOUND_TOPIC_ALIAS_MAX),
+        retain_available: Some(true),
+        wildcard_subscription_available: Some(true),
+        subscription_identifiers_available: Some(true),
+        shared_subscription_available: Some(true),
+        server_keep_alive: negotiated.server_keep_alive,
+        ..ConnAckProperties::default()
+    }
+}
+
+/// 1.5 times a keep-alive of `seconds` (MQTT-3.1.2-24 / v5 3.1.2.10), `None` for 0.
+pub(super) fn keep_alive_deadline(seconds: u16) -> Option<Duration> {
+    (seconds > 0).then(|| Duration::from_millis(u64::from(seconds) * 1500))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,285 @@
+//! A connected client's state and its main loop: one `select!` over the socket (read and
+//! write), the session's queue, the mailbox, one timer for every deadline, and shutdown, until
+//! a [`Close`] ends it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::broker::Broker;
+use crate::close::CloseReason;
+use crate::message::{Delivery, Message};
+use crate::protocol::Version;
+use crate::sessions::{Control, Lease};
+
+use super::connect::{Negotiated, keep_alive_deadline};
+use super::io::{Io, READ_BURST};
+use super::outbound::WRITE_HIGH_WATER;
+use super::{Close, ConnectionContext};
+
+/// A connected client: the session's lease and what the connection negotiated.
+pub(super) struct Connection {
+    pub broker: Arc<Broker>,
+    pub peer: SocketAddr,
+    pub version: Version,
+    pub client_id: Arc<str>,
+    pub lease: Lease,
+    pub shutdown: watch::Receiver<bool>,
+    /// How long the client may stay silent: 1.5 x the negotiated keep-alive, or
+    /// `connection_ttl` (the server's own limit, whatever keep-alive was asked) if shorter;
+    /// `None` = no limit.
+    pub silence_limit: Option<Duration>,
+    /// When the last complete inbound packet arrived; only inbound packets move it.
+    pub last_inbound: Instant,
+    pub client_receive_maximum: u16,
+    pub client_maximum_packet_size: Option<u32>,
+    pub client_topic_alias_maximum: u16,
+    /// Topic aliases both ways (v5), allocated when first used: most clients use none.
+    pub aliases: Option<Box<Aliases>>,
+    /// Inbound publishes of the current read, routed together.
+    pub batch: Vec<Arc<Message>>,
+    /// Inbound publishes of the current read by QoS, counted together.
+    pub received: [u64; 3],
+    /// A v5 DISCONNECT with 0x04 asked for the will.
+    pub will_on_close: bool,
+    pub scratch: Vec<Delivery>,
+}
+
+/// A v5 connection's topic aliases.
+#[derive(Default)]
+pub(super) struct Aliases {
+    pub inbound: HashMap<u16, Arc<str>>,
+    pub outbound: HashMap<Arc<str>, u16>,
+    /// Bytes of topic held by `outbound`.
+    pub outbound_bytes: usize,
+}
+
+/// Deadlines of the main loop besides keep-alive.
+#[derive(Default)]
+struct Timers {
+    /// Set when shutdown began: the drain ends here at the latest.
+    drain_at: Option<Instant>,
+    /// Set while output is over the high-water mark: closed here unless a write progresses.
+    stall_at: Option<Instant>,
+}
+
+impl Connection {
+    pub fn new(ctx: &ConnectionContext, lease: Lease, negotiated: &Negotiated) -> Connection {
+        let limits = &ctx.broker.config.limits;
+        Connection {
+            broker: ctx.broker.clone(),
+            peer: ctx.peer,
+            version: lease.version(),
+            client_id: lease.client_id().clone(),
+            lease,
+            shutdown: ctx.shutdown.clone(),
+            silence_limit: [
+                keep_alive_deadline(negotiated.keep_alive),
+                (!limits.connection_ttl.is_zero()).then_some(limits.connection_ttl),
+            ]
+            .into_iter()
+            .flatten()
+            .min(),
+            last_inbound: Instant::now(),
+            client_receive_maximum: negotiated.client_receive_maximum,
+            client_maximum_packet_size: negotiated.client_maximum_packet_size,
+            client_topic_alias_maximum: negotiated.client_topic_alias_maximum,
+            aliases: None,
+            batch: Vec::new(),
+            received: [0; 3],
+            will_on_close: false,
+            scratch: Vec::new(),
+        }
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.silence_limit.map(|limit| self.last_inbound + limit)
+    }
+
+    /// The next instant the loop must wake for: keep-alive / TTL, the shutdown drain deadline,
+    /// or the unread-output deadline, whichever comes first.
+    fn next_wake(&self, timers: &Timers) -> Option<Instant> {
+        [self.deadline(), timers.drain_at, timers.stall_at]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// What a wake-up at `now` means: a close, or nothing (a timer moved).
+    fn on_wake(&self, timers: &Timers, now: Instant) -> Option<Close> {
+        if timers.drain_at.is_some_and(|at| at <= now) {
+            return Some(CloseReason::ServerShutdown.into());
+        }
+        if timers.stall_at.is_some_and(|at| at <= now) {
+            let waited = humantime::format_duration(self.broker.config.limits.write_timeout);
+            return Some(Close {
+                output_stalled: true,
+                ..Close::detailed(
+                    CloseReason::ClientUnresponsive,
+                    format!("output not read for {waited}"),
+                )
+            });
+        }
+        if self.deadline().is_some_and(|at| at <= now) {
+            return Some(Close::detailed(
+                CloseReason::ClientUnresponsive,
+                "no packet within the keep-alive or connection_ttl".to_string(),
+            ));
+        }
+        None
+    }
+
+    /// Whether a graceful shutdown's drain is complete: everything routed to this client was
+    /// written and acknowledged.
+    fn drained<R, W>(&self, io: &Io<R, W>) -> bool {
+        io.out.is_empty() && self.lease.state().inflight_len() == 0 && self.lease.queue().is_empty()
+    }
+
+    /// Each pass of the loop: deliver what is queued, finish a drain, and judge the output
+    /// backlog. Back-pressure: a client that does not read its output is not read from either,
+    /// so what it sends (PINGREQ, QoS 1 PUBLISH, ...) cannot pile up answers here; if it
+    /// stays so for `write_timeout`, it is closed. Returns whether output is backlogged.
+    fn before_wait<R, W>(&mut self, io: &mut Io<R, W>, timers: &mut Timers) -> Result<bool, Close> {
+        if self.lease.queue().is_overflowed() {
+            return Err(CloseReason::MessageQueueLimitReached.into());
+        }
+        self.pump(&mut io.out);
+        if timers.drain_at.is_some() && self.drained(io) {
+            return Err(CloseReason::ServerShutdown.into());
+        }
+        let write_timeout = self.broker.config.limits.write_timeout;
+        let backlogged = io.out.len() >= WRITE_HIGH_WATER;
+        if !backlogged {
+            timers.stall_at = None;
+        } else if timers.stall_at.is_none() && !write_timeout.is_zero() {
+            timers.stall_at = Some(Instant::now() + write_timeout);
+        }
+        Ok(backlogged)
+    }
+
+    pub async fn run<R, W>(&mut self, io: &mut Io<R, W>) -> Close
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let max = self.broker.config.limits.max_packet_size as usize;
+        // Packets that came in the same read as the CONNECT are handled before waiting for
+        // more bytes (a client may pipeline SUBSCRIBE or PUBLISH right behind its CONNECT).
+        if !io.rbuf.is_empty()
+            && let Err(close) = self.handle_input(&mut io.rbuf, &mut io.out, max)
+        {
+            return close;
+        }
+        let mut timers = Timers::default();
+        // One timer for every deadline, re-armed only when the earliest one moves.
+        let mut armed = self.next_wake(&timers);
+        let far = Instant::now() + Duration::from_secs(86_400 * 365);
+        let wake = tokio::time::sleep_until(armed.unwrap_or(far));
+        tokio::pin!(wake);
+        let mut shutdown = self.shutdown.clone();
+        let mut read_filled = false;
+        // One long-lived wait on the queue, re-armed after each wake-up, rather than a new one
+        // per pass of the loop.
+        let queue = self.lease.queue().clone();
+        let mailbox = self.lease.mailbox().clone();
+        let queued = queue.notify().notified();
+        tokio::pin!(queued);
+        loop {
+            let backlogged = match self.before_wait(io, &mut timers) {
+                Ok(backlogged) => backlogged,
+                Err(close) => return close,
+            };
+            let next = self.next_wake(&timers);
+            if next != armed {
+                armed = next;
+                wake.as_mut().reset(armed.unwrap_or(far));
+            }
+            // Read buffer sizing: small while the client is quiet (idle connections are most
+            // connections), large once a read fills it (a busy publisher: fewer syscalls), and
+            // exact for a packet larger than the buffer.
+            io.reserve_for_frame(if read_filled { READ_BURST } else { 512 });
+            let spare = io.rbuf.capacity() - io.rbuf.len();
+            tokio::select! {
+                control = mailbox.recv() => {
+                    // Boxed: rare, and its state would otherwise sit in every idle connection.
+                    if let Some(close) = Box::pin(self.on_control(control, io, max)).await {
+                        return close;
+                    }
+                }
+                _ = crate::server::stopped(&mut shutdown), if timers.drain_at.is_none() => {
+                    timers.drain_at = Some(Instant::now() + self.broker.config.limits.shutdown_drain);
+                }
+                read = io.reader.read_buf(&mut io.rbuf), if io.rbuf.len() <= max && !backlogged => match read {
+                    Ok(0) => return CloseReason::ConnectionLost.into(),
+                    Err(error) => {
+                        return Close::detailed(CloseReason::IoException, format!("read failed: {error}"));
+                    }
+                    Ok(n) => {
+                        read_filled = n >= spare;
+                        self.broker.stats.bytes_received.increment(n as u64);
+                        if let Err(close) = self.handle_input(&mut io.rbuf, &mut io.out, max) {
+                            return close;
+                        }
+                        io.shrink_if_quiet(read_filled);
+                    }
+                },
+                written = io.out.write_to(&mut io.writer), if !io.out.is_empty() => match written {
+                    Ok(0) => return Close::detailed(CloseReason::IoException, "write returned 0".to_string()),
+                    Err(error) => {
+                        return Close::detailed(CloseReason::IoException, format!("write failed: {error}"));
+                    }
+                    Ok(n) => {
+                        self.broker.stats.bytes_sent.increment(n as u64);
+                        // Progress: the unread-output deadline starts again if still needed.
+                        timers.stall_at = None;
+                    }
+                },
+                _ = &mut queued => queued.set(queue.notify().notified()),
+                _ = &mut wake, if armed.is_some() => {
+                    if let Some(close) = self.on_wake(&timers, Instant::now()) {
+                        return close;
+                    }
+                }
+            }
+        }
+    }
+
+    /// A message from the sessions module (a takeover, a kick, a revoke).
+    async fn on_control<R, W>(
+        &mut self,
+        control: Control,
+        io: &mut Io<R, W>,
+        max: usize,
+    ) -> Option<Close>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        match control {
+            Control::TakeOver { reply } => {
+                self.lease.hand_over_on_finish(reply);
+                // Input that reached the socket before the takeover still counts: a client
+                // that sent DISCONNECT and reconnected at once ends its session on its own
+                // terms (a clean session is not handed over).
+                io.reserve_for_frame(512);
+                if let Ok(Ok(n)) =
+                    tokio::time::timeout(Duration::ZERO, io.reader.read_buf(&mut io.rbuf)).await
+                    && n > 0
+                    && let Err(close) = self.handle_input(&mut io.rbuf, &mut io.out, max)
+                {
+                    return Some(close);
+                }
+                Some(CloseReason::SessionTakenOver.into())
+            }
+            Control::Close { reason, discard } => Some(Close {
+                discard,
+                ..reason.into()
+            }),
+        }
+    }
+}

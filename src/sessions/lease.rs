@@ -1,0 +1,221 @@
+//! A connection's hold on its session, from CONNACK to close.
+
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+
+use crate::close::CloseReason;
+use crate::message::Message;
+use crate::protocol::Version;
+use crate::router::SubscriptionOptions;
+
+use super::mailbox::{Control, Mailbox};
+use super::queue::Queue;
+use super::state::SessionState;
+use super::table::{ConnInfo, Detached};
+use super::{HANDOVER_TIMEOUT, SessionEnd, Sessions, timers};
+
+type HandoverReply = oneshot::Sender<Option<Box<SessionState>>>;
+
+/// Owned by the connection while it is connected. Dropping it (however the connection ends,
+/// even by a panic) closes its mailbox, so a takeover that arrives later learns at once that
+/// there is no one to hand the session over.
+pub struct Lease {
+    sessions: Arc<Sessions>,
+    /// This connection's generation in the session table (compare-and-act on detach).
+    generation: u64,
+    queue: Arc<Queue>,
+    mailbox: Arc<Mailbox>,
+    state: Box<SessionState>,
+    info: Arc<ConnInfo>,
+    present: bool,
+    /// A takeover asked for the session while the connection was running.
+    handover: Option<HandoverReply>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.mailbox.close();
+    }
+}
+
+impl Lease {
+    pub(super) fn new(
+        sessions: Arc<Sessions>,
+        generation: u64,
+        queue: Arc<Queue>,
+        mailbox: Arc<Mailbox>,
+        state: Box<SessionState>,
+        info: Arc<ConnInfo>,
+        present: bool,
+    ) -> Lease {
+        Lease {
+            sessions,
+            generation,
+            queue,
+            mailbox,
+            state,
+            info,
+            present,
+            handover: None,
+        }
+    }
+
+    /// Whether an existing session was resumed (CONNACK Session Present).
+    pub fn session_present(&self) -> bool {
+        self.present
+    }
+
+    pub fn client_id(&self) -> &Arc<str> {
+        self.state.client_id()
+    }
+
+    pub fn version(&self) -> Version {
+        self.state.version()
+    }
+
+    pub fn queue(&self) -> &Arc<Queue> {
+        &self.queue
+    }
+
+    pub fn mailbox(&self) -> &Arc<Mailbox> {
+        &self.mailbox
+    }
+
+    pub fn sessions(&self) -> &Arc<Sessions> {
+        &self.sessions
+    }
+
+    pub fn state(&self) -> &SessionState {
+        &self.state
+    }
+
+    /// The session's in-flight messages, inbound QoS 2 ids, will and expiry change here.
+    pub fn state_mut(&mut self) -> &mut SessionState {
+        &mut self.state
+    }
+
+    /// Publishes what this connection's client sent (routed in one batch).
+    pub fn publish(&self, messages: &[Arc<Message>]) {
+        self.sessions.publish(messages, self.state.client_id());
+    }
+
+    /// Adds or replaces a subscription in the session and in the router's index; returns
+    /// whether it existed.
+    pub fn subscribe(&mut self, filter: &str, options: SubscriptionOptions) -> bool {
+        let existed = self.sessions.routing.subscribe(
+            self.state.client_id(),
+            &self.queue,
+            filter,
+            options.clone(),
+        );
+        self.state.insert_subscription(filter, options);
+        existed
+    }
+
+    /// Removes a subscription from the session and the index; returns whether it existed.
+    pub fn unsubscribe(&mut self, filter: &str) -> bool {
+        let existed = self
+            .sessions
+            .routing
+            .unsubscribe(self.state.client_id(), filter);
+        self.state.remove_subscription(filter);
+        existed
+    }
+
+    /// Publishes the figures listings show (subscriptions, in flight, expiry).
+    pub fn update_counters(&self) {
+        self.info.counters.update(&self.state);
+    }
+
+    /// A takeover arrived in the mailbox: the session goes to it when this lease finishes.
+    pub fn hand_over_on_finish(&mut self, reply: HandoverReply) {
+        self.handover = Some(reply);
+    }
+
+    /// Ends the connection's hold: the will is handled (MQTT-3.1.2-8..10; v5 §3.1.3.2.2 for the
+    /// delay), and the session waits for its client, goes to the connection that took it
+    /// over, or ends. `will_on_close` is a v5 DISCONNECT 0x04's request for the will;
+    /// `discard` ends the session whatever its expiry (a kick or revoke).
+    pub async fn finish(mut self, reason: CloseReason, will_on_close: bool, discard: bool) {
+        let fire = will_on_close || reason.fires_will();
+        let survives = !discard && reason.session_survives() && self.state.expiry_interval() > 0;
+        if !fire {
+            self.state.set_will(None);
+        } else if let Some(will) = self.state.take_will() {
+            let delayed =
+                self.state.version() == Version::V5 && will.delay_interval > 0 && survives;
+            if delayed {
+                // Fires from the waiting session when the delay passes, unless the client
+                // comes back first.
+                self.state.set_will(Some(will));
+            } else {
+                self.sessions.publish_will(will, self.state.client_id());
+            }
+        }
+        let end = SessionEnd::after_close(reason, discard);
+        let client_id = self.state.client_id().clone();
+        let version = self.state.version();
+        let state = std::mem::replace(
+            &mut self.state,
+            Box::new(SessionState::new(client_id.clone(), version)),
+        );
+        if let Some(reply) = self.handover.take() {
+            return self.hand_over(reply, state, survives, end);
+        }
+        let will_delay = state.will().map(|w| w.delay_interval);
+        let expiry = state.expiry_interval();
+        let sessions = self.sessions.clone();
+        match sessions
+            .table
+            .detach(&client_id, self.generation, state, survives)
+        {
+            Detached::Kept => {
+                timers::schedule(&sessions, client_id, self.generation, will_delay, expiry);
+            }
+            Detached::Removed(state, queue) => sessions.end(state, &queue, end),
+            Detached::NotOwner(state) => {
+                // A takeover is under way: its request is, or is about to be, in the mailbox
+                // (the new owner sends it right after taking the entry).
+                match self.wait_for_takeover().await {
+                    Some(reply) => self.hand_over(reply, state, survives, end),
+                    None => sessions.end_in_place(&state, &self.queue, end),
+                }
+            }
+        }
+    }
+
+    async fn wait_for_takeover(&self) -> Option<HandoverReply> {
+        let wait = async {
+            loop {
+                if let Control::TakeOver { reply } = self.mailbox.recv().await {
+                    return reply;
+                }
+            }
+        };
+        tokio::time::timeout(HANDOVER_TIMEOUT, wait).await.ok()
+    }
+
+    /// The connection that took the session over gets it if it survives this close; else it
+    /// ends here (the new owner sees Session Present 0: a session with no expiry is never
+    /// reused, MQTT-3.1.2-6 / 5.0 §3.1.2.11.2).
+    fn hand_over(
+        &self,
+        reply: HandoverReply,
+        state: Box<SessionState>,
+        survives: bool,
+        end: SessionEnd,
+    ) {
+        let handover = if survives {
+            Some(state)
+        } else {
+            self.sessions.end_in_place(&state, &self.queue, end);
+            None
+        };
+        if let Err(Some(state)) = reply.send(handover) {
+            // The new owner gave up waiting: the session cannot go to it, and ends here.
+            tracing::warn!(client_id = %crate::logsafe::LogId(state.client_id()), "takeover: the new connection was gone before the session was handed over");
+            self.sessions.end_in_place(&state, &self.queue, end);
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! A connected session's mailbox: the sessions module (a takeover, an administrator, a reload)
+//! drops a [`Control`] in, the connection takes it out. Tens of bytes, where a channel would
+//! cost a kilobyte per idle connection; closed when the connection ends, so late senders learn
+//! it at once.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{Notify, oneshot};
+
+use crate::close::CloseReason;
+
+use super::state::SessionState;
+
+/// What a connection is asked to do.
+#[derive(Debug)]
+pub enum Control {
+    /// Another CONNECT took the client id: close with `session_taken_over` and hand the
+    /// session over through `reply` (`None` when it does not survive).
+    TakeOver {
+        reply: oneshot::Sender<Option<Box<SessionState>>>,
+    },
+    /// Close with `reason`; `discard` ends the session too (a kick, a revoke).
+    Close { reason: CloseReason, discard: bool },
+}
+
+#[derive(Debug, Default)]
+pub struct Mailbox {
+    state: Mutex<MailboxState>,
+    notify: Notify,
+}
+
+#[derive(Debug, Default)]
+struct MailboxState {
+    queue: VecDeque<Control>,
+    closed: bool,
+}
+
+impl Mailbox {
+    pub fn new() -> Arc<Mailbox> {
+        Arc::new(Mailbox::default())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, MailboxState> {
+        // Every mutation is a single push, pop or clear: a poisoned lock is still consistent.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Delivers `control`; false if the connection has already ended.
+    pub fn send(&self, control: Control) -> bool {
+        {
+            let mut state = self.lock();
+            if state.closed {
+                return false;
+            }
+            state.queue.push_back(control);
+        }
+        self.notify.notify_one();
+        true
+    }
+
+    /// The next control message, waiting for one.
+    pub async fn recv(&self) -> Control {
+        loop {
+            let notified = self.notify.notified();
+            if let Some(control) = self.lock().queue.pop_front() {
+                return control;
+            }
+            notified.await;
+        }
+    }
+
+    /// No more messages: later sends fail, and queued ones are dropped (a waiting taker sees
+    /// its reply channel close).
+    pub fn close(&self) {
+        let mut state = self.lock();
+        state.closed = true;
+        state.queue.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn messages_arrive_in_order_and_a_closed_mailbox_refuses() {
+        let mailbox = Mailbox::new();
+        assert!(mailbox.send(Control::Close {
+            reason: CloseReason::Revoked,
+            discard: true
+        }));
+        let (reply, replied) = oneshot::channel();
+        assert!(mailbox.send(Control::TakeOver { reply }));
+        assert!(matches!(
+            mailbox.recv().await,
+            Control::Close {
+                reason: CloseReason::Revoked,
+                ..
+            }
+        ));
+        mailbox.close();
+        assert!(replied.await.is_err(), "a queued takeover learns at once");
+        assert!(!mailbox.send(Control::Close {
+            reason: CloseReason::Revoked,
+            discard: false
+        }));
+    }
+}

@@ -1,0 +1,174 @@
+//! The store seam: what must survive a restart (or move to another node) and where it goes.
+//!
+//! The sessions module is the only code that changes session state, so it is the one place
+//! that describes each change as a [`Change`] and hands batches of them to a [`SessionStore`].
+//! The shape is chosen for the stores brokk has or plans:
+//!
+//! - in memory ([`MemoryStore`]): nothing survives; `durable()` is false, so callers do not even
+//!   build changes and the hot path pays nothing;
+//! - an embedded on-disk store: changes arrive in batches from many connections and are
+//!   written together, one fsync for every batch that arrived meanwhile (group commit); a
+//!   QoS 1/2 acknowledgement waits for the [`Commit`] of the batch that holds the message;
+//! - a replicated store (NATS JetStream for the cluster): the same batches become messages on
+//!   a stream, and the commit resolves when the stream acknowledges them.
+//!
+//! Deadlines that are stored are wall-clock times (`SystemTime`): a monotonic instant means
+//! nothing to another process or node. In-process deadlines stay `tokio::time::Instant`.
+
+mod memory;
+pub mod record;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::SystemTime;
+
+use tokio::sync::oneshot;
+
+use crate::message::Message;
+use crate::protocol::{QoS, Version, Will};
+use crate::router::SubscriptionOptions;
+
+pub use memory::MemoryStore;
+
+use super::state::OutboundState;
+
+/// A persistent session's own record (its queue, subscriptions and in-flight messages are
+/// stored as separate changes).
+#[derive(Clone, Debug)]
+pub struct SessionRecord {
+    pub version: Version,
+    pub expiry_interval: u32,
+    /// While the session waits for its client: when it ends.
+    pub expires_at: Option<SystemTime>,
+    pub will: Option<Will>,
+    /// A delayed will still pending: when it fires.
+    pub will_at: Option<SystemTime>,
+    pub user: Option<Arc<str>>,
+}
+
+/// One change to stored state, in the order it happened.
+#[derive(Clone, Debug)]
+pub enum Change {
+    /// A persistent session was created or its record changed.
+    Session {
+        client_id: Arc<str>,
+        record: SessionRecord,
+    },
+    /// A session ended: everything stored for it goes.
+    SessionGone {
+        client_id: Arc<str>,
+    },
+    Subscribed {
+        client_id: Arc<str>,
+        filter: String,
+        options: SubscriptionOptions,
+    },
+    Unsubscribed {
+        client_id: Arc<str>,
+        filter: String,
+    },
+    /// A message entered a session's queue at sequence number `seq` (per session, gap-free:
+    /// a gap found at recovery is a loss, and the session ends with `lost_messages`). The
+    /// message itself is stored once, however many queues refer to it.
+    Queued {
+        client_id: Arc<str>,
+        seq: u64,
+        message: Arc<Message>,
+        qos: QoS,
+        retain: bool,
+        subscription_identifiers: Vec<u32>,
+    },
+    /// A queued message went out with `packet_id`, or moved on in its QoS 2 exchange.
+    InFlight {
+        client_id: Arc<str>,
+        seq: u64,
+        packet_id: u16,
+        state: OutboundState,
+    },
+    /// A queued message is done with (acknowledged, expired or dropped by policy).
+    Delivered {
+        client_id: Arc<str>,
+        seq: u64,
+    },
+    /// An inbound QoS 2 packet id awaits PUBREL (`pending`), or got it.
+    InboundQos2 {
+        client_id: Arc<str>,
+        packet_id: u16,
+        pending: bool,
+    },
+    /// A retained message was set (or cleared, with `None`).
+    Retained {
+        topic: Arc<str>,
+        message: Option<Arc<Message>>,
+    },
+    /// A user was revoked (or restored).
+    Revoked {
+        user: Arc<str>,
+        revoked: bool,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage I/O: {0}")]
+    Io(String),
+    #[error("stored data is damaged: {0}")]
+    Damaged(String),
+    #[error("the store is closed")]
+    Closed,
+}
+
+/// What a store hands back at start: the sessions, retained messages and revoked users it
+/// holds, as changes to replay in order, and the losses it found.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    pub changes: Vec<Change>,
+    /// Client ids whose stored queue has a gap brokk cannot fill, with what is missing.
+    pub lost: Vec<(Arc<str>, String)>,
+}
+
+/// A destination for changes. Implementations are shared by every connection task.
+pub trait SessionStore: Send + Sync + 'static {
+    /// Whether anything survives a restart. When false, callers skip building changes.
+    fn durable(&self) -> bool;
+    /// Takes a batch of changes, in order. The returned commit resolves once they are as
+    /// durable as the store makes them.
+    fn submit(&self, changes: Vec<Change>) -> Commit;
+    /// Reads back everything stored (once, at start).
+    fn recover(&self) -> Result<Recovered, StoreError>;
+}
+
+/// The completion of a submitted batch: ready at once for a store that does not persist.
+#[must_use = "a commit says when the changes are durable"]
+pub struct Commit(Option<oneshot::Receiver<Result<(), StoreError>>>);
+
+impl Commit {
+    pub fn done() -> Commit {
+        Commit(None)
+    }
+
+    /// A commit that the store completes later through `sender`.
+    pub fn pending() -> (Commit, oneshot::Sender<Result<(), StoreError>>) {
+        let (tx, rx) = oneshot::channel();
+        (Commit(Some(rx)), tx)
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.0.is_none()
+    }
+}
+
+impl Future for Commit {
+    type Output = Result<(), StoreError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.0 {
+            None => Poll::Ready(Ok(())),
+            Some(rx) => Pin::new(rx)
+                .poll(cx)
+                .map(|r| r.unwrap_or(Err(StoreError::Closed))),
+        }
+    }
+}
