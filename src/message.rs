@@ -1,7 +1,7 @@
 //! A published application message as the broker routes it: shared (`Arc`) between every
 //! subscriber's queue, so fan-out copies a pointer, not the payload.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,6 +23,9 @@ pub struct Message {
     /// time left (MQTT-3.3.2-6).
     pub properties: Bytes,
     pub expires_at: Option<Instant>,
+    /// Its id in a durable store, given when it is first stored (a message stored for many
+    /// sessions is stored once).
+    pub stored: OnceLock<u64>,
 }
 
 /// What a queued message is charged against a queue's byte limit beyond its payload, topic
@@ -75,5 +78,6 @@ pub fn from_will(will: Will) -> Result<Arc<Message>, EncodeError> {
         retain: will.retain,
         properties,
         expires_at,
+        stored: OnceLock::new(),
     }))
 }

@@ -202,6 +202,7 @@ mod tests {
             retain: false,
             properties: bytes::Bytes::new(),
             expires_at: None,
+            stored: std::sync::OnceLock::new(),
         })
     }
 

@@ -181,6 +181,7 @@ impl Connection {
                 retain: publish.retain,
                 properties,
                 expires_at,
+                stored: std::sync::OnceLock::new(),
             }));
         }
         match publish.qos {

@@ -238,6 +238,7 @@ mod tests {
             retain: false,
             properties: bytes::Bytes::new(),
             expires_at: None,
+            stored: std::sync::OnceLock::new(),
         });
         Delivery {
             message,
