@@ -11,7 +11,8 @@
 //! - [`router`]: topic filters, the subscription index, shared groups, retained messages;
 //!   `routing`: the router as the broker shares it.
 //! - `sessions::store::record`: the records of the durable session store (encoding, checksums).
-//! - [`auth`], [`tls`], [`metrics`]: operations.
+//! - [`auth`], [`tls`], [`metrics`], [`logging`]: operations; [`server::preflight`] loads
+//!   everything a start needs (shared by `--check-config`).
 #![forbid(unsafe_code)]
 
 pub mod auth;
@@ -19,6 +20,7 @@ pub mod broker;
 pub mod close;
 pub mod config;
 pub mod connection;
+pub mod logging;
 mod logsafe;
 mod message;
 pub mod metrics;

@@ -1,6 +1,8 @@
 //! Metric names and help texts in one place (the names are a documented interface: see the README), the
 //! process-wide Prometheus recorder, and the small HTTP server behind `GET /metrics`.
 //!
+//! The process series, `brokk_build_info` and the page's stable order are in `exposition`.
+//!
 //! The exporter's own HTTP listener is not used: [`serve`] takes an already bound socket, so
 //! the broker reports bind errors under `metrics.bind` and tests can bind port 0.
 
@@ -21,6 +23,10 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::close::CloseReason;
 
+mod exposition;
+
+pub use exposition::sorted;
+
 pub const CONNECTIONS: &str = "brokk_connections";
 pub const SESSIONS: &str = "brokk_sessions";
 pub const CONNECTIONS_CLOSED: &str = "brokk_connections_closed_total";
@@ -38,9 +44,10 @@ pub const STORE_FSYNC_SECONDS: &str = "brokk_store_commit_seconds";
 pub const STORE_MESSAGES: &str = "brokk_store_messages";
 pub const STORE_BYTES: &str = "brokk_store_bytes";
 pub const STORE_RECOVERY_SECONDS: &str = "brokk_store_recovery_seconds";
+pub const BUILD_INFO: &str = "brokk_build_info";
 
-/// Every metric name, for tests and tooling.
-pub const ALL: [&str; 13] = [
+/// Every brokk metric name, for tests and tooling (the `process_*` series come on top).
+pub const ALL: [&str; 14] = [
     CONNECTIONS,
     SESSIONS,
     CONNECTIONS_CLOSED,
@@ -54,6 +61,7 @@ pub const ALL: [&str; 13] = [
     RETAINED_MESSAGES,
     SUBSCRIPTIONS,
     SESSIONS_ENDED,
+    BUILD_INFO,
 ];
 
 /// `brokk_sessions{state}` values.
@@ -194,6 +202,7 @@ pub fn install() -> PrometheusHandle {
             };
             describe();
             initialise();
+            exposition::initialise();
             handle
         })
         .clone()
@@ -303,7 +312,7 @@ fn respond<B>(request: &Request<B>, handle: &PrometheusHandle) -> Response<Full<
     response
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE_TEXT));
-    *response.body_mut() = Full::new(Bytes::from(handle.render()));
+    *response.body_mut() = Full::new(Bytes::from(exposition::render(handle)));
     response
 }
 

@@ -2,6 +2,9 @@
 //! shutdown: stop accepting, tell every connection to finish (v5 clients get DISCONNECT
 //! 0x8B after their pending output), wait for them within the drain deadline.
 
+mod preflight;
+mod warnings;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -11,13 +14,15 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::auth::{AuthError, Authenticator};
+use crate::auth::AuthError;
 use crate::broker::Broker;
 use crate::close::CloseReason;
 use crate::config::{Config, ConfigError, StorageBackend, StorageConfig, StorageSync};
 use crate::connection::{self, ConnectionContext};
 use crate::sessions::store::{DiskStore, MemoryStore, SessionStore, disk::Sync as DiskSync};
 use crate::tls::TlsError;
+
+pub use preflight::{Prepared, PreparedListener, preflight};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -29,12 +34,26 @@ pub enum StartError {
     Auth(#[from] AuthError),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error("{key}: cannot resolve {bind}: {source}")]
+    Resolve {
+        key: String,
+        bind: String,
+        source: std::io::Error,
+    },
     #[error("{key}: cannot listen on {addr}: {source}")]
     Bind {
         key: String,
         addr: SocketAddr,
         source: std::io::Error,
     },
+}
+
+impl StartError {
+    /// True when the configuration itself is unusable (what `--check-config` reports), false
+    /// when a valid configuration met the machine (a port already in use, say).
+    pub fn is_configuration(&self) -> bool {
+        !matches!(self, StartError::Bind { .. })
+    }
 }
 
 /// A running broker. Dropping it does not stop it; call [`Server::shutdown`].
@@ -50,43 +69,37 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds every listener (and the metrics endpoint) and starts serving.
+    /// Runs [`preflight`], binds every listener (and the metrics endpoint) and starts serving.
     pub async fn start(config: Config) -> Result<Server, StartError> {
-        config.validate()?;
-        let auth = Authenticator::from_config(&config.auth)?;
+        let Prepared {
+            auth,
+            listeners: prepared,
+            metrics,
+            warnings,
+        } = preflight(&config)?;
+        for warning in &warnings {
+            tracing::warn!("{warning}");
+        }
         let mut acceptors = Vec::new();
-        for (name, listener) in &config.listeners {
-            let tls = match &listener.tls {
-                Some(tls) => Some(crate::tls::listener(name, tls)?),
-                None => None,
-            };
-            let socket = bind_listener(listener.bind).map_err(|source| StartError::Bind {
-                key: format!("listeners.{name}.bind"),
-                addr: listener.bind,
-                source,
-            })?;
-            acceptors.push((name.clone(), socket, tls));
+        for listener in prepared {
+            let key = format!("listeners.{}.bind", listener.name);
+            for socket in bind_all(&key, &listener.addrs, LISTEN_BACKLOG)? {
+                acceptors.push((listener.name.clone(), socket, listener.tls.clone()));
+            }
         }
         let handle = crate::metrics::install();
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let metrics_addr = if config.metrics.enabled {
-            let bind = config.metrics.bind;
-            let socket = TcpListener::bind(bind)
-                .await
-                .map_err(|source| StartError::Bind {
-                    key: "metrics.bind".to_string(),
-                    addr: bind,
-                    source,
-                })?;
-            let addr = socket.local_addr().ok();
+        let mut metrics_addr = None;
+        for socket in bind_all("metrics.bind", metrics.as_deref().unwrap_or_default(), 128)? {
+            metrics_addr = metrics_addr.or(socket.local_addr().ok());
+            if let Ok(addr) = socket.local_addr() {
+                tracing::info!(%addr, "metrics at /metrics");
+            }
             let mut stop = shutdown_rx.clone();
-            tokio::spawn(crate::metrics::serve(socket, handle, async move {
+            tokio::spawn(crate::metrics::serve(socket, handle.clone(), async move {
                 let _ = crate::server::stopped(&mut stop).await;
             }));
-            addr
-        } else {
-            None
-        };
+        }
 
         let store = open_store(&config.storage).await?;
         let broker = Arc::new(Broker::with_store(config, auth, store.clone()));
@@ -226,9 +239,38 @@ async fn restore(broker: &Arc<Broker>, store: Arc<dyn SessionStore>) -> Result<(
     Ok(())
 }
 
-/// Binds an MQTT listener with a deep accept backlog: a reconnect storm should wait in the
-/// queue, not lose SYNs and retry a second later (the default backlog of 128 did).
-fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+/// MQTT listeners get a deep accept backlog: a reconnect storm should wait in the queue, not
+/// lose SYNs and retry a second later (the default backlog of 128 did).
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds every address of one `bind` key. A host name may stand for addresses this machine
+/// cannot use (`::1` where IPv6 is off): those are skipped with a warning as long as one
+/// address binds; when none does, the first error is the answer.
+fn bind_all(key: &str, addrs: &[SocketAddr], backlog: u32) -> Result<Vec<TcpListener>, StartError> {
+    let mut bound = Vec::new();
+    let mut first_error = None;
+    for &addr in addrs {
+        match bind_socket(addr, backlog) {
+            Ok(socket) => bound.push(socket),
+            Err(source) => {
+                if addrs.len() > 1 {
+                    tracing::warn!(key, %addr, error = %source, "cannot listen on one address of a host name");
+                }
+                first_error.get_or_insert(StartError::Bind {
+                    key: key.to_string(),
+                    addr,
+                    source,
+                });
+            }
+        }
+    }
+    match first_error {
+        Some(error) if bound.is_empty() => Err(error),
+        _ => Ok(bound),
+    }
+}
+
+fn bind_socket(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
@@ -236,7 +278,7 @@ fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
     };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
-    socket.listen(4096)
+    socket.listen(backlog)
 }
 
 /// Resolves once shutdown is signalled (or the signal's sender is gone). Returns `()` so no
@@ -327,7 +369,7 @@ async fn serve_socket(
                         ctx.peer,
                         CloseReason::IoException,
                         started,
-                        Some(&format!("TLS handshake failed: {error}")),
+                        Some(&crate::tls::handshake_failure(&error)),
                     ),
                     Err(_) => connection::log_close(
                         None,

@@ -2,6 +2,9 @@
 //! MQTT client for hostile and exact-byte tests, and a metrics scraper.
 #![allow(dead_code)]
 
+pub mod process;
+pub mod tls;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
