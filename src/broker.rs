@@ -32,7 +32,7 @@ impl Broker {
 
     pub fn with_store(config: Config, auth: Authenticator, store: Arc<dyn SessionStore>) -> Broker {
         let stats = Arc::new(Stats::new());
-        let routing = Arc::new(Routing::new(stats.clone()));
+        let routing = Arc::new(Routing::new(stats.clone(), config.session.conflate.clone()));
         let sessions = Sessions::new(routing, store, &config.limits, stats.queued.clone());
         Broker {
             config,

@@ -153,6 +153,10 @@ pub struct Limits {
 pub struct SessionConfig {
     #[serde(with = "humantime_serde")]
     pub max_session_expiry: Duration,
+    /// Topic filters whose messages replace an older queued (not yet in flight) message for
+    /// the same topic in a session's queue: a returning client gets the latest value per
+    /// topic, not every value.
+    pub conflate: Vec<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -269,6 +273,7 @@ impl Default for SessionConfig {
     fn default() -> Self {
         SessionConfig {
             max_session_expiry: Duration::from_secs(2 * 3600),
+            conflate: Vec::new(),
         }
     }
 }
@@ -420,6 +425,23 @@ impl Config {
                 "limits.max_subscriptions_per_client",
                 "must be at least 1",
             ));
+        }
+        for (i, filter) in self.session.conflate.iter().enumerate() {
+            match crate::router::parse_filter(filter) {
+                Ok(parsed) if parsed.share_group.is_none() => {}
+                Ok(_) => {
+                    return Err(invalid(
+                        &format!("session.conflate[{i}]"),
+                        format!("{filter:?}: a shared subscription is not a topic filter here"),
+                    ));
+                }
+                Err(e) => {
+                    return Err(invalid(
+                        &format!("session.conflate[{i}]"),
+                        format!("{filter:?}: {e}"),
+                    ));
+                }
+            }
         }
         if self.storage.backend == StorageBackend::Disk && self.storage.path.as_os_str().is_empty()
         {

@@ -70,6 +70,9 @@ pub struct Delivery {
     /// Read back from the store where it was in flight: resent with this packet id (PUBLISH
     /// with DUP, or PUBREL) instead of sent anew.
     pub resume: Option<(u16, crate::sessions::OutboundState)>,
+    /// Its topic is conflated (`session.conflate`): it replaces an older queued message for
+    /// the same topic.
+    pub conflate: bool,
 }
 
 impl Delivery {
@@ -88,6 +91,7 @@ impl Delivery {
             seq: 0,
             persisted: false,
             resume: None,
+            conflate: false,
         }
     }
 }

@@ -33,15 +33,27 @@ pub struct Routing {
     subscriptions: Arc<RwLock<Subscriptions>>,
     retained: RwLock<Retained>,
     stats: Arc<Stats>,
+    /// `session.conflate`: topic filters whose messages replace older queued ones.
+    conflate: Vec<String>,
 }
 
 impl Routing {
-    pub fn new(stats: Arc<Stats>) -> Routing {
+    pub fn new(stats: Arc<Stats>, conflate: Vec<String>) -> Routing {
         Routing {
             subscriptions: Arc::new(RwLock::new(SubscriptionTable::default())),
             retained: RwLock::new(RetainedStore::default()),
             stats,
+            conflate,
         }
+    }
+
+    /// Whether `topic` is one `session.conflate` names.
+    fn conflated(&self, topic: &str) -> bool {
+        !self.conflate.is_empty()
+            && self
+                .conflate
+                .iter()
+                .any(|filter| crate::router::matches(filter, topic))
     }
 
     fn index(&self) -> RwLockReadGuard<'_, Subscriptions> {
@@ -97,6 +109,12 @@ impl Routing {
             }
         }
         let mut overflowed = Vec::new();
+        // Allocated only when `session.conflate` names topics: the common path pays nothing.
+        let conflated: Vec<bool> = if self.conflate.is_empty() {
+            Vec::new()
+        } else {
+            messages.iter().map(|m| self.conflated(&m.topic)).collect()
+        };
         for (index, route) in routes {
             let message = &messages[index];
             let qos = message.qos.min(route.qos);
@@ -104,12 +122,26 @@ impl Routing {
             let ids = changes
                 .as_ref()
                 .map(|_| route.subscription_identifiers.clone());
-            let delivery =
+            let mut delivery =
                 Delivery::new(message.clone(), qos, retain, route.subscription_identifiers);
+            delivery.conflate = conflated.get(index).copied().unwrap_or(false);
             match route.handle.offer(delivery) {
-                Offer::Queued { seq, stored: true } => {
-                    if let (Some(changes), Some(subscription_identifiers)) =
-                        (changes.as_deref_mut(), ids)
+                Offer::Queued {
+                    seq,
+                    stored,
+                    replaced,
+                } => {
+                    if let Some((old, old_stored)) = replaced {
+                        self.stats.dropped_conflated.increment(1);
+                        if let (true, Some(changes)) = (old_stored, changes.as_deref_mut()) {
+                            changes.push(Change::Delivered {
+                                client_id: route.client_id.clone(),
+                                seq: old,
+                            });
+                        }
+                    }
+                    if let (true, Some(changes), Some(subscription_identifiers)) =
+                        (stored, changes.as_deref_mut(), ids)
                     {
                         changes.push(Change::Queued {
                             client_id: route.client_id,
@@ -121,7 +153,7 @@ impl Routing {
                         });
                     }
                 }
-                Offer::Queued { .. } | Offer::NotQueuedOffline | Offer::Closed => {}
+                Offer::NotQueuedOffline | Offer::Closed => {}
                 Offer::DroppedQueueFull(n) => self.stats.dropped_queue_full.increment(n as u64),
                 Offer::Overflowed => overflowed.push(Overflowed {
                     client_id: route.client_id,
@@ -248,7 +280,7 @@ mod tests {
     /// new clean session's own messages went nowhere).
     #[test]
     fn ending_a_session_leaves_its_successors_subscriptions() {
-        let routing = Routing::new(Arc::new(Stats::new()));
+        let routing = Routing::new(Arc::new(Stats::new()), Vec::new());
         let id: Arc<str> = Arc::from("c");
         let options = SubscriptionOptions {
             qos: QoS::AtLeastOnce,

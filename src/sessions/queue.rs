@@ -26,7 +26,13 @@ use crate::protocol::QoS;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Offer {
     /// Queued at sequence number `seq`; `stored`: the caller records it in the durable store.
-    Queued { seq: u64, stored: bool },
+    /// `replaced`: a conflated delivery took the place of an older one for its topic (that
+    /// one's sequence number, and whether it was stored: the caller records it done).
+    Queued {
+        seq: u64,
+        stored: bool,
+        replaced: Option<(u64, bool)>,
+    },
     /// Dropped by policy (`drop_oldest` dropped older ones to make room, `drop_newest` this
     /// one): how many; counted by the caller as `queue_full`.
     DroppedQueueFull(usize),
@@ -53,6 +59,8 @@ struct State {
     next_seq: u64,
     /// QoS 1/2 deliveries go to the durable store.
     persistent: bool,
+    /// Conflated topics: the newest queued delivery of each (sequence number, stored).
+    latest: std::collections::HashMap<std::sync::Arc<str>, (u64, bool)>,
     connected: bool,
     overflowed: bool,
     closed: bool,
@@ -132,6 +140,7 @@ impl Queue {
                 loading: false,
                 next_seq: 1,
                 persistent: false,
+                latest: std::collections::HashMap::new(),
                 connected: true,
                 overflowed: false,
                 closed: false,
@@ -187,7 +196,8 @@ impl Queue {
             };
             let cost = delivery.message.queue_cost();
             let mut dropped = 0;
-            if !state.fits(depth, bytes, cost) {
+            let replaces = delivery.conflate && state.latest.contains_key(&delivery.message.topic);
+            if !replaces && !state.fits(depth, bytes, cost) {
                 match self.limits.policy {
                     QueueFullPolicy::Disconnect => {
                         state.overflowed = true;
@@ -215,6 +225,15 @@ impl Queue {
             let stored = state.persistent && delivery.qos != QoS::AtMostOnce;
             delivery.seq = seq;
             delivery.persisted = stored;
+            let replaced = if delivery.conflate {
+                let topic = delivery.message.topic.clone();
+                state
+                    .latest
+                    .insert(topic, (seq, stored))
+                    .and_then(|old| self.unqueue(&mut state, old))
+            } else {
+                None
+            };
             state.bytes += cost;
             self.queued.increment(1.0);
             if stored && state.store_only() {
@@ -228,11 +247,32 @@ impl Queue {
             if dropped > 0 {
                 Offer::DroppedQueueFull(dropped)
             } else {
-                Offer::Queued { seq, stored }
+                Offer::Queued {
+                    seq,
+                    stored,
+                    replaced,
+                }
             }
         };
         self.notify.notify_one();
         outcome
+    }
+
+    /// Takes a queued delivery out (conflation): from memory, or from the stored backlog
+    /// (then it is only counted out: the caller records it done in the store). `None` when it
+    /// is no longer queued (it went out).
+    fn unqueue(&self, state: &mut State, (seq, stored): (u64, bool)) -> Option<(u64, bool)> {
+        if let Some(pos) = state.queue.iter().position(|d| d.seq == seq) {
+            if let Some(old) = state.queue.remove(pos) {
+                state.bytes = state.bytes.saturating_sub(old.message.queue_cost());
+            }
+        } else if stored && state.backlog > 0 && seq >= state.backlog_from {
+            state.backlog -= 1;
+        } else {
+            return None;
+        }
+        self.queued.decrement(1.0);
+        Some((seq, stored))
     }
 
     fn overflowed(&self) -> Offer {
@@ -256,6 +296,14 @@ impl Queue {
                 qos_budget -= 1;
             }
             if let Some(delivery) = state.pop_front() {
+                if delivery.conflate
+                    && state
+                        .latest
+                        .get(&delivery.message.topic)
+                        .is_some_and(|(seq, _)| *seq == delivery.seq)
+                {
+                    state.latest.remove(&delivery.message.topic);
+                }
                 out.push(delivery);
                 moved += 1;
             }
@@ -306,8 +354,9 @@ impl Queue {
         if !state.persistent {
             return;
         }
-        let mut first = inflight.into_iter().min();
-        let mut parked = 0;
+        let inflight: Vec<u64> = inflight.into_iter().collect();
+        let mut first = inflight.iter().copied().min();
+        let mut parked = inflight.len();
         let memory = std::mem::take(&mut state.queue);
         for delivery in memory {
             if delivery.persisted {
@@ -368,6 +417,7 @@ impl Queue {
         let mut state = self.lock();
         let n = state.len();
         state.queue.clear();
+        state.latest.clear();
         state.backlog = 0;
         state.loading = false;
         state.bytes = 0;

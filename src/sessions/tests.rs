@@ -24,7 +24,7 @@ fn setup(limits: Limits) -> Setup {
     let metrics = recorder.handle();
     let sessions = metrics::with_local_recorder(&recorder, || {
         let stats = Arc::new(Stats::new());
-        let routing = Arc::new(Routing::new(stats.clone()));
+        let routing = Arc::new(Routing::new(stats.clone(), Vec::new()));
         Sessions::new(
             routing,
             Arc::new(MemoryStore),

@@ -44,7 +44,8 @@ fn sequence_numbers_and_policies() {
         q.offer(delivery(QoS::AtLeastOnce, b"1")),
         Offer::Queued {
             seq: 1,
-            stored: false
+            stored: false,
+            replaced: None
         }
     );
     q.offer(delivery(QoS::AtLeastOnce, b"2"));
@@ -105,17 +106,19 @@ fn a_persistent_queue_keeps_its_stored_deliveries_out_of_memory_while_waiting() 
         q.offer(delivery(QoS::AtLeastOnce, b"1")),
         Offer::Queued {
             seq: 1,
-            stored: true
+            stored: true,
+            replaced: None
         }
     );
     assert_eq!(
         q.offer(delivery(QoS::AtMostOnce, b"2")),
         Offer::Queued {
             seq: 2,
-            stored: false
+            stored: false,
+            replaced: None
         }
     );
-    // The client leaves with seq 1 in memory and seq 0 (say) in flight.
+    // The client leaves with seq 1 in memory.
     q.set_connected(false);
     q.park([]);
     assert_eq!(
@@ -126,7 +129,8 @@ fn a_persistent_queue_keeps_its_stored_deliveries_out_of_memory_while_waiting() 
         q.offer(delivery(QoS::AtLeastOnce, b"3")),
         Offer::Queued {
             seq: 3,
-            stored: true
+            stored: true,
+            replaced: None
         }
     );
     assert_eq!(q.len(), 2, "stored only: counted, not in memory");
@@ -146,7 +150,8 @@ fn a_persistent_queue_keeps_its_stored_deliveries_out_of_memory_while_waiting() 
         q.offer(delivery(QoS::AtLeastOnce, b"4")),
         Offer::Queued {
             seq: 4,
-            stored: true
+            stored: true,
+            replaced: None
         }
     );
     let mut first = delivery(QoS::AtLeastOnce, b"1");
@@ -167,7 +172,8 @@ fn a_persistent_queue_keeps_its_stored_deliveries_out_of_memory_while_waiting() 
         q.offer(delivery(QoS::AtLeastOnce, b"5")),
         Offer::Queued {
             seq: 5,
-            stored: true
+            stored: true,
+            replaced: None
         }
     );
     assert_eq!(drain(&q), [5]);
@@ -187,7 +193,94 @@ fn a_restored_queue_is_all_backlog() {
         q.offer(delivery(QoS::AtLeastOnce, b"x")),
         Offer::Queued {
             seq: 13,
-            stored: true
+            stored: true,
+            replaced: None
         }
     );
+}
+
+#[test]
+fn conflated_topics_keep_their_newest_queued_message() {
+    let q = Queue::new(
+        limits(2, QueueFullPolicy::Disconnect),
+        metrics::Gauge::noop(),
+    );
+    let conflated = |payload: &'static [u8]| {
+        let mut d = delivery(QoS::AtLeastOnce, payload);
+        d.conflate = true;
+        d
+    };
+    assert!(matches!(
+        q.offer(conflated(b"1")),
+        Offer::Queued { replaced: None, .. }
+    ));
+    assert_eq!(
+        q.offer(conflated(b"2")),
+        Offer::Queued {
+            seq: 2,
+            stored: false,
+            replaced: Some((1, false))
+        }
+    );
+    // A full queue still takes a replacement: it does not grow.
+    q.offer(delivery(QoS::AtLeastOnce, b"other"));
+    assert!(matches!(
+        q.offer(conflated(b"3")),
+        Offer::Queued {
+            replaced: Some((2, false)),
+            ..
+        }
+    ));
+    let mut out = Vec::new();
+    q.drain(100, 100, &mut out);
+    let payloads: Vec<&[u8]> = out.iter().map(|d| &d.message.payload[..]).collect();
+    assert_eq!(payloads, [&b"other"[..], b"3"]);
+    // Once out, the next value queues anew.
+    assert!(matches!(
+        q.offer(conflated(b"4")),
+        Offer::Queued { replaced: None, .. }
+    ));
+}
+
+#[test]
+fn conflation_reaches_into_a_stored_backlog() {
+    let q = Queue::new(
+        limits(100, QueueFullPolicy::Disconnect),
+        metrics::Gauge::noop(),
+    );
+    q.set_persistent(true);
+    q.set_connected(false);
+    let mut d = delivery(QoS::AtLeastOnce, b"1");
+    d.conflate = true;
+    q.offer(d);
+    let mut d = delivery(QoS::AtLeastOnce, b"2");
+    d.conflate = true;
+    assert_eq!(
+        q.offer(d),
+        Offer::Queued {
+            seq: 2,
+            stored: true,
+            replaced: Some((1, true))
+        }
+    );
+    assert_eq!(q.len(), 1);
+}
+
+#[test]
+fn parked_in_flight_messages_join_the_backlog() {
+    let q = Queue::new(
+        limits(100, QueueFullPolicy::Disconnect),
+        metrics::Gauge::noop(),
+    );
+    q.set_persistent(true);
+    for _ in 0..3 {
+        q.offer(delivery(QoS::AtLeastOnce, b"m"));
+    }
+    let mut out = Vec::new();
+    q.drain(2, 2, &mut out);
+    // Seq 1 and 2 went out (in flight), seq 3 is in memory; the client leaves.
+    q.set_connected(false);
+    q.park([1, 2]);
+    q.set_connected(true);
+    assert_eq!(q.backlog_to_load(10), Some(Backlog { from: 1, count: 3 }));
 }
