@@ -100,10 +100,16 @@ impl Connection {
         let code = reason.disconnect_code()?;
         let mut disconnect = Disconnect::with_reason(code, Some(reason.label().to_string()));
         if let Some(limit) = self.client_maximum_packet_size {
-            let packet = Packet::Disconnect(disconnect.clone());
-            let size = protocol::encoded_len(&packet, self.version).unwrap_or(usize::MAX);
-            if size > limit as usize {
+            let size = |d: &Disconnect| {
+                protocol::encoded_len(&Packet::Disconnect(d.clone()), self.version)
+                    .unwrap_or(usize::MAX)
+            };
+            if size(&disconnect) > limit as usize {
                 disconnect.reason_string = None;
+            }
+            if size(&disconnect) > limit as usize {
+                // Even the bare DISCONNECT does not fit: the close says it alone.
+                return None;
             }
         }
         Some(Packet::Disconnect(disconnect))

@@ -17,6 +17,9 @@ use super::io::Io;
 use super::run::Connection;
 use super::{ConnectionContext, encode_or_log, own_payload};
 
+/// The smallest v5 CONNACK: fixed header, flags, reason code, empty property block.
+const MIN_CONNACK: u32 = 5;
+
 /// Topic aliases a v5 client may use towards us (CONNACK Topic Alias Maximum).
 pub(super) const INBOUND_TOPIC_ALIAS_MAX: u16 = 64;
 
@@ -107,6 +110,17 @@ pub fn negotiate(
             (asked.min(max_session_expiry), asked > max_session_expiry)
         }
     };
+    // MQTT-3.1.2-24: nothing larger than the client's Maximum Packet Size goes to it. The
+    // smallest CONNACK is 5 bytes (v5) / 4 (3.1.1): below that, no CONNACK can be sent at all.
+    if connect
+        .maximum_packet_size
+        .is_some_and(|max| max < MIN_CONNACK)
+    {
+        return Err(Refusal {
+            connack: false,
+            ..refusal(0x95, "Maximum Packet Size below the smallest CONNACK")
+        });
+    }
     Ok(Negotiated {
         client_id,
         keep_alive,
@@ -225,12 +239,17 @@ where
             },
         })
         .await;
-    let connack = Packet::ConnAck(ConnAck {
+    let mut connack = ConnAck {
         session_present: lease.session_present(),
         reason_code: 0,
         properties: connack_properties(&negotiated, connect.version, limits, assigned),
-    });
-    encode_or_log(&connack, connect.version, &mut io.out);
+    };
+    fit_connack(
+        &mut connack,
+        connect.version,
+        negotiated.client_maximum_packet_size,
+    );
+    encode_or_log(&Packet::ConnAck(connack), connect.version, &mut io.out);
     broker.stats_connect(connect.version, true);
     tracing::info!(
         client_id = %LogId(&client_id),
@@ -268,6 +287,37 @@ fn connack_properties(
         shared_subscription_available: Some(true),
         server_keep_alive: negotiated.server_keep_alive,
         ..ConnAckProperties::default()
+    }
+}
+
+/// Drops optional CONNACK properties until the packet fits the client's Maximum Packet Size
+/// (MQTT-3.1.2-24): first those equal to their defaults (capabilities that are available),
+/// then the limits the client can do without (topic aliases towards brokk, brokk's own
+/// maximum packet size and Receive Maximum: it then learns them from refusals). Session
+/// Expiry, Server Keep Alive and an assigned client id stay: they change what the client
+/// must do. The empty-property CONNACK always fits (`negotiate` refused smaller limits).
+pub(super) fn fit_connack(connack: &mut ConnAck, version: Version, limit: Option<u32>) {
+    let Some(limit) = limit else {
+        return;
+    };
+    let fits = |c: &ConnAck| {
+        crate::protocol::encoded_len(&Packet::ConnAck(c.clone()), version)
+            .is_ok_and(|n| n <= limit as usize)
+    };
+    let trims: [fn(&mut ConnAckProperties); 7] = [
+        |p| p.retain_available = None,
+        |p| p.wildcard_subscription_available = None,
+        |p| p.subscription_identifiers_available = None,
+        |p| p.shared_subscription_available = None,
+        |p| p.topic_alias_maximum = None,
+        |p| p.maximum_packet_size = None,
+        |p| p.receive_maximum = None,
+    ];
+    for trim in trims {
+        if fits(connack) {
+            return;
+        }
+        trim(&mut connack.properties);
     }
 }
 

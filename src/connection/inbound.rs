@@ -75,6 +75,15 @@ impl Connection {
     }
 
     pub(super) fn send(&self, packet: &Packet, out: &mut OutBuf) -> Result<(), CloseReason> {
+        // MQTT-3.1.2-24: nothing larger than the client's Maximum Packet Size goes to it. Acks
+        // carry no Reason String or User Property; a SUBACK for very many filters can still be
+        // too large, and then the connection closes instead.
+        if let Some(limit) = self.client_maximum_packet_size
+            && protocol::encoded_len(packet, self.version).is_ok_and(|n| n > limit as usize)
+        {
+            tracing::debug!(client_id = %LogId(&self.client_id), limit, "a packet for the client exceeds its Maximum Packet Size");
+            return Err(CloseReason::MessageTooLarge);
+        }
         protocol::encode(packet, self.version, out.buf()).map_err(|error| {
             tracing::error!(client_id = %LogId(&self.client_id), %error, "outbound packet could not be encoded");
             CloseReason::InternalError
@@ -322,7 +331,9 @@ impl Connection {
                 let ids: Vec<u32> = id.into_iter().collect();
                 let delivery = Delivery::new(message.clone(), qos, true, ids.clone());
                 match self.lease.queue().offer(delivery) {
-                    Offer::Queued { seq, stored: true } => {
+                    Offer::Queued {
+                        seq, stored: true, ..
+                    } => {
                         let mut stored = Delivery::new(message, qos, true, ids);
                         stored.seq = seq;
                         stored.persisted = true;
