@@ -183,7 +183,16 @@ impl SyscallCounter {
             .unwrap_or(false);
         let child = if perf_ok {
             Command::new("perf")
-                .args(["stat", "-x", ",", "-e", "raw_syscalls:sys_enter", "-p", &pid.to_string(), "-o"])
+                .args([
+                    "stat",
+                    "-x",
+                    ",",
+                    "-e",
+                    "raw_syscalls:sys_enter",
+                    "-p",
+                    &pid.to_string(),
+                    "-o",
+                ])
                 .arg(&out)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -207,7 +216,11 @@ impl SyscallCounter {
     }
 
     pub fn method(&self) -> &'static str {
-        if self.perf { "perf raw_syscalls:sys_enter" } else { "strace -c -f" }
+        if self.perf {
+            "perf raw_syscalls:sys_enter"
+        } else {
+            "strace -c -f"
+        }
     }
 
     /// Stops counting (SIGINT) and returns the number of system calls.

@@ -32,7 +32,12 @@ pub struct StormResult {
 
 /// `total` connections, `concurrency` at a time: TCP connect, CONNECT, CONNACK, DISCONNECT,
 /// close with RST. Latency is from the start of the TCP connect to the CONNACK.
-pub async fn storm(addr: SocketAddr, total: usize, concurrency: usize, pid: Option<u32>) -> StormResult {
+pub async fn storm(
+    addr: SocketAddr,
+    total: usize,
+    concurrency: usize,
+    pid: Option<u32>,
+) -> StormResult {
     let next = Arc::new(AtomicUsize::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let all = Arc::new(Mutex::new(hist()));
@@ -96,13 +101,20 @@ pub struct IdleResult {
 }
 
 /// Opens `n` connections that then sit idle; the broker's resident memory before and after.
-pub async fn idle(addr: SocketAddr, n: usize, pid: Option<u32>, hold: Duration) -> Result<IdleResult, String> {
+pub async fn idle(
+    addr: SocketAddr,
+    n: usize,
+    pid: Option<u32>,
+    hold: Duration,
+) -> Result<IdleResult, String> {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let before = procstat::sample_opt(pid);
     let t0 = Instant::now();
     let tag = std::process::id();
     let ids = (0..n).map(|i| format!("idle{tag}-{i}")).collect();
-    let streams = connect_many(addr, ids, true).await.map_err(|e| e.to_string())?;
+    let streams = connect_many(addr, ids, true)
+        .await
+        .map_err(|e| e.to_string())?;
     let connect_s = t0.elapsed().as_secs_f64();
     tokio::time::sleep(hold).await;
     let after = procstat::sample_opt(pid);
@@ -160,7 +172,12 @@ pub async fn takeover(
     let mut watchers = tokio::task::JoinSet::new();
     let watchers_tx = Arc::new(Mutex::new(Vec::new()));
     for (name, stream) in names.iter().cloned().zip(first.drain(..)) {
-        let (errors, closed, all, wt) = (errors.clone(), closed.clone(), all.clone(), watchers_tx.clone());
+        let (errors, closed, all, wt) = (
+            errors.clone(),
+            closed.clone(),
+            all.clone(),
+            watchers_tx.clone(),
+        );
         let permits = permits.clone();
         tasks.push(tokio::spawn(async move {
             let mut h = hist();
@@ -231,4 +248,96 @@ pub async fn takeover(
         connack_p99_ms: h.value_at_quantile(0.99) as f64 / 1000.0,
         broker_cpu_s: b1.cpu_secs - b0.cpu_secs,
     }
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct FillResult {
+    pub sessions: usize,
+    pub messages: u64,
+    pub connect_s: f64,
+    pub publish_s: f64,
+    pub messages_per_s: f64,
+}
+
+/// Fills a broker's store: `sessions` persistent sessions (clean session 0), each subscribed
+/// to `f/<i>` at QoS 1 and then disconnected, then `messages` QoS 1 messages spread over their
+/// topics, every one acknowledged (64 in flight). For the restart figure: kill the broker
+/// after this, start it again, and time the recovery.
+pub async fn fill(
+    addr: SocketAddr,
+    sessions: usize,
+    messages: u64,
+    payload: usize,
+) -> Result<FillResult, String> {
+    let started = Instant::now();
+    let mut done = 0;
+    while done < sessions {
+        let n = (sessions - done).min(2000);
+        let ids: Vec<String> = (done..done + n).map(|i| format!("fill-{i}")).collect();
+        let streams = connect_many(addr, ids, false)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut tasks = tokio::task::JoinSet::new();
+        for (k, mut stream) in streams.into_iter().enumerate() {
+            let topic = format!("f/{}", done + k);
+            tasks.spawn(async move {
+                client::subscribe(&mut stream, &topic, brokk::protocol::QoS::AtLeastOnce).await?;
+                stream.write_all(&DISCONNECT).await?;
+                let mut rest = Vec::new();
+                let _ = stream.read_to_end(&mut rest).await;
+                Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+            });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            joined
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+        }
+        done += n;
+    }
+    let connect_s = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let (mut stream, _) = client::connect(addr, "fill-publisher", true)
+        .await
+        .map_err(|e| e.to_string())?;
+    let body = vec![b'x'; payload];
+    let mut buf = bytes::BytesMut::new();
+    let (mut sent, mut acked) = (0u64, 0u64);
+    while acked < messages {
+        let mut out = bytes::BytesMut::new();
+        while sent < messages && sent - acked < 64 {
+            let publish = brokk::protocol::Publish {
+                dup: false,
+                qos: brokk::protocol::QoS::AtLeastOnce,
+                retain: false,
+                topic: format!("f/{}", sent % sessions as u64),
+                packet_id: (sent % 65_000) as u16 + 1,
+                payload: bytes::Bytes::copy_from_slice(&body),
+                topic_alias: None,
+                subscription_identifiers: Vec::new(),
+                properties: Default::default(),
+            };
+            brokk::protocol::encode_publish(&publish, brokk::protocol::Version::V311, &mut out)
+                .map_err(|e| e.to_string())?;
+            sent += 1;
+        }
+        if !out.is_empty() {
+            stream.write_all(&out).await.map_err(|e| e.to_string())?;
+        }
+        match client::read_packet(&mut stream, &mut buf)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            brokk::protocol::Packet::PubAck(_) => acked += 1,
+            other => return Err(format!("expected PUBACK, got {other:?}")),
+        }
+    }
+    let publish_s = started.elapsed().as_secs_f64();
+    Ok(FillResult {
+        sessions,
+        messages,
+        connect_s,
+        publish_s,
+        messages_per_s: messages as f64 / publish_s,
+    })
 }

@@ -63,6 +63,9 @@ pub struct LoadSpec {
     /// Publishers (fan-in), subscribers (fan-out) or pairs.
     pub clients: usize,
     pub qos: QoS,
+    /// Subscribers connect with clean session 0: with a durable store their QoS 1/2 messages
+    /// are stored before they are acknowledged to the publisher.
+    pub persistent: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -172,7 +175,9 @@ pub async fn connect_many(addr: SocketAddr, ids: Vec<String>, clean: bool) -> Re
             set.spawn(async move { (i, client::connect(addr, &id, clean).await) });
             pending += 1;
         }
-        let Some(joined) = set.join_next().await else { break };
+        let Some(joined) = set.join_next().await else {
+            break;
+        };
         pending -= 1;
         let (i, r) = joined?;
         out[i] = Some(r?.0);
@@ -193,7 +198,10 @@ impl Load {
                 (0..n).map(|i| format!("b{nonce}/in/{i}")).collect(),
                 vec![format!("b{nonce}/in/+")],
             ),
-            Scenario::FanOut => (vec![format!("b{nonce}/out")], vec![format!("b{nonce}/out"); n]),
+            Scenario::FanOut => (
+                vec![format!("b{nonce}/out")],
+                vec![format!("b{nonce}/out"); n],
+            ),
             Scenario::Pairs => (
                 (0..n).map(|i| format!("b{nonce}/p/{i}")).collect(),
                 (0..n).map(|i| format!("b{nonce}/p/{i}")).collect(),
@@ -212,8 +220,10 @@ impl Load {
         let mut tasks = Vec::new();
         let mut subs = Vec::new();
         // Subscribers first, so that nothing published is missed.
-        let sub_ids = (0..sub_filters.len()).map(|i| format!("bs{nonce}-{i}")).collect();
-        let streams = connect_many(addr, sub_ids, true).await?;
+        let sub_ids = (0..sub_filters.len())
+            .map(|i| format!("bs{nonce}-{i}"))
+            .collect();
+        let streams = connect_many(addr, sub_ids, !spec.persistent).await?;
         for (mut stream, filter) in streams.into_iter().zip(&sub_filters) {
             client::subscribe(&mut stream, filter, spec.qos).await?;
             let stats = Arc::new(Mutex::new(SubStats {
@@ -223,7 +233,9 @@ impl Load {
             subs.push(stats.clone());
             tasks.push(tokio::spawn(subscriber(stream, stats, ctl.clone())));
         }
-        let pub_ids = (0..pub_topics.len()).map(|i| format!("bp{nonce}-{i}")).collect();
+        let pub_ids = (0..pub_topics.len())
+            .map(|i| format!("bp{nonce}-{i}"))
+            .collect();
         let streams = connect_many(addr, pub_ids, true).await?;
         let (cmd_tx, _) = watch::channel(None);
         let publishers = streams.len();
@@ -325,8 +337,8 @@ impl Load {
         let warm = start + p.warmup;
         let end = warm + p.duration;
         let rate_per_pub = p.rate / self.fanout as f64 / self.publishers as f64;
-        let target_sent = (rate_per_pub * (end - start).as_secs_f64()).floor() as u64
-            * self.publishers as u64;
+        let target_sent =
+            (rate_per_pub * (end - start).as_secs_f64()).floor() as u64 * self.publishers as u64;
         self.ctl.phase.store(id, Ordering::SeqCst);
         self.ctl
             .warm_ns
@@ -461,11 +473,17 @@ impl Load {
         (best, steps)
     }
 
-    async fn step(&mut self, rate: f64, payload: usize, step: Duration, warmup: Duration) -> PhaseResult {
-        if !self.healthy() {
-            if let Err(e) = self.rebuild().await {
-                eprintln!("  rebuild failed: {e}");
-            }
+    async fn step(
+        &mut self,
+        rate: f64,
+        payload: usize,
+        step: Duration,
+        warmup: Duration,
+    ) -> PhaseResult {
+        if !self.healthy()
+            && let Err(e) = self.rebuild().await
+        {
+            eprintln!("  rebuild failed: {e}");
         }
         let r = self
             .run_phase(&PhaseSpec {
@@ -481,7 +499,11 @@ impl Load {
             r.delivered_per_s,
             r.lost,
             r.p99_us,
-            if r.sustainable() { "" } else { "  (not sustainable)" }
+            if r.sustainable() {
+                ""
+            } else {
+                "  (not sustainable)"
+            }
         );
         r
     }
@@ -530,8 +552,9 @@ async fn subscriber(mut stream: TcpStream, stats: Arc<Mutex<SubStats>>, ctl: Arc
                         {
                             st.received += 1;
                             if s.sent_ns >= warm {
-                                st.hist
-                                    .saturating_record((now.saturating_sub(s.sent_ns) / 1000).max(1));
+                                st.hist.saturating_record(
+                                    (now.saturating_sub(s.sent_ns) / 1000).max(1),
+                                );
                             }
                         }
                     }
@@ -636,7 +659,8 @@ async fn publisher_group(
             let done = now >= cmd.end;
             let t = (now.min(cmd.end) - cmd.start).as_secs_f64();
             for (i, c) in conns.iter_mut().enumerate() {
-                let due = ((cmd.rate_per_pub * t + c.offset).floor() as u64).saturating_sub(sent[i]);
+                let due =
+                    ((cmd.rate_per_pub * t + c.offset).floor() as u64).saturating_sub(sent[i]);
                 let mut n = due.min(MAX_PER_TICK);
                 if qos != QoS::AtMostOnce {
                     let room = WINDOW.saturating_sub(c.inflight.load(Ordering::Relaxed));

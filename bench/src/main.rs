@@ -15,7 +15,10 @@ use clap::{Parser, Subcommand};
 use load::{Load, LoadSpec, PhaseSpec, Scenario, qos_of};
 
 #[derive(Parser)]
-#[command(name = "brokk-bench", about = "MQTT 3.1.1 load generator: latency, throughput, connection storms")]
+#[command(
+    name = "brokk-bench",
+    about = "MQTT 3.1.1 load generator: latency, throughput, connection storms"
+)]
 struct Cli {
     /// Generator worker threads (default: 2, or 1 with --pin-generator).
     #[arg(long, global = true)]
@@ -46,8 +49,13 @@ struct LoadArgs {
     qos: u8,
     #[arg(long, default_value_t = 64)]
     payload: usize,
+    /// Subscribers keep their sessions (clean session 0): what a durable store stores.
+    #[arg(long)]
+    persistent: bool,
 }
 
+// Parsed once per run: the size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Cmd {
     /// One fixed-rate run: latency percentiles, sent/received/lost, broker CPU.
@@ -108,6 +116,17 @@ enum Cmd {
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
     },
+    /// Fills a durable store: persistent sessions, then QoS 1 messages queued for them.
+    Fill {
+        #[command(flatten)]
+        t: Target,
+        #[arg(long, default_value_t = 100_000)]
+        sessions: usize,
+        #[arg(long, default_value_t = 1_000_000)]
+        messages: u64,
+        #[arg(long, default_value_t = 64)]
+        payload: usize,
+    },
     /// CI smoke: a few seconds of fan-out and pairs at QoS 0 and 1; exits 1 if anything is lost.
     Smoke {
         #[command(flatten)]
@@ -145,8 +164,19 @@ fn json<T: serde::Serialize>(v: &T) {
 
 async fn run(cmd: Cmd) -> i32 {
     match cmd {
-        Cmd::Load { t, l, rate, secs, warmup } => {
-            let spec = LoadSpec { scenario: l.scenario, clients: l.clients, qos: qos_of(l.qos) };
+        Cmd::Load {
+            t,
+            l,
+            rate,
+            secs,
+            warmup,
+        } => {
+            let spec = LoadSpec {
+                scenario: l.scenario,
+                clients: l.clients,
+                qos: qos_of(l.qos),
+                persistent: l.persistent,
+            };
             let mut load = match Load::setup(t.addr, t.broker_pid, spec).await {
                 Ok(x) => x,
                 Err(e) => {
@@ -165,8 +195,19 @@ async fn run(cmd: Cmd) -> i32 {
             json(&r);
             0
         }
-        Cmd::Max { t, l, start, step_secs, bisect } => {
-            let spec = LoadSpec { scenario: l.scenario, clients: l.clients, qos: qos_of(l.qos) };
+        Cmd::Max {
+            t,
+            l,
+            start,
+            step_secs,
+            bisect,
+        } => {
+            let spec = LoadSpec {
+                scenario: l.scenario,
+                clients: l.clients,
+                qos: qos_of(l.qos),
+                persistent: l.persistent,
+            };
             let mut load = match Load::setup(t.addr, t.broker_pid, spec).await {
                 Ok(x) => x,
                 Err(e) => {
@@ -175,17 +216,39 @@ async fn run(cmd: Cmd) -> i32 {
                 }
             };
             let (best, steps) = load
-                .find_max(l.payload, start, Duration::from_secs_f64(step_secs), Duration::from_millis(300), bisect, 8e6)
+                .find_max(
+                    l.payload,
+                    start,
+                    Duration::from_secs_f64(step_secs),
+                    Duration::from_millis(300),
+                    bisect,
+                    8e6,
+                )
                 .await;
             json(&serde_json::json!({"best": best, "steps": steps}));
             0
         }
-        Cmd::Storm { t, total, concurrency } => {
+        Cmd::Storm {
+            t,
+            total,
+            concurrency,
+        } => {
             json(&conns::storm(t.addr, total, concurrency, t.broker_pid).await);
             0
         }
-        Cmd::Idle { t, connections, hold } => {
-            match conns::idle(t.addr, connections, t.broker_pid, Duration::from_secs_f64(hold)).await {
+        Cmd::Idle {
+            t,
+            connections,
+            hold,
+        } => {
+            match conns::idle(
+                t.addr,
+                connections,
+                t.broker_pid,
+                Duration::from_secs_f64(hold),
+            )
+            .await
+            {
                 Ok(r) => {
                     json(&r);
                     0
@@ -196,10 +259,30 @@ async fn run(cmd: Cmd) -> i32 {
                 }
             }
         }
-        Cmd::Takeover { t, ids, rounds, concurrency } => {
+        Cmd::Takeover {
+            t,
+            ids,
+            rounds,
+            concurrency,
+        } => {
             json(&conns::takeover(t.addr, ids, rounds, concurrency, t.broker_pid).await);
             0
         }
+        Cmd::Fill {
+            t,
+            sessions,
+            messages,
+            payload,
+        } => match conns::fill(t.addr, sessions, messages, payload).await {
+            Ok(result) => {
+                json(&result);
+                0
+            }
+            Err(error) => {
+                eprintln!("fill: {error}");
+                1
+            }
+        },
         Cmd::Smoke { t, secs, rate } => smoke(t, secs, rate).await,
         Cmd::Suite(o) => suite::run(o).await,
     }
@@ -209,7 +292,12 @@ async fn smoke(t: Target, secs: f64, rate: f64) -> i32 {
     let mut failed = 0;
     for (scenario, clients) in [(Scenario::FanOut, 50), (Scenario::Pairs, 100)] {
         for q in [0u8, 1] {
-            let spec = LoadSpec { scenario, clients, qos: qos_of(q) };
+            let spec = LoadSpec {
+                scenario,
+                clients,
+                qos: qos_of(q),
+                persistent: false,
+            };
             let mut load = match Load::setup(t.addr, t.broker_pid, spec).await {
                 Ok(x) => x,
                 Err(e) => {
@@ -230,7 +318,15 @@ async fn smoke(t: Target, secs: f64, rate: f64) -> i32 {
             println!(
                 "{} {}×{clients} q{q}: sent {} expected {} received {} lost {} p50 {:.0} µs p99 {:.0} µs p999 {:.0} µs broker CPU {:.2} s",
                 if ok { "ok  " } else { "FAIL" },
-                scenario.label(), r.sent, r.expected, r.received, r.lost, r.p50_us, r.p99_us, r.p999_us, r.broker_cpu_s
+                scenario.label(),
+                r.sent,
+                r.expected,
+                r.received,
+                r.lost,
+                r.p50_us,
+                r.p99_us,
+                r.p999_us,
+                r.broker_cpu_s
             );
             if !ok {
                 failed += 1;

@@ -142,7 +142,12 @@ impl Table {
                 _ => "–".to_string(),
             };
             let mark = if r.higher_better { "↑" } else { "↓" };
-            out.push_str(&format!("| {} {mark} | {} | {} | {ratio} |\n", r.key, fmt(b), fmt(m)));
+            out.push_str(&format!(
+                "| {} {mark} | {} | {} | {ratio} |\n",
+                r.key,
+                fmt(b),
+                fmt(m)
+            ));
         }
         out
     }
@@ -155,7 +160,11 @@ fn median(v: &[f64]) -> Option<f64> {
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let n = s.len();
-    Some(if n % 2 == 1 { s[n / 2] } else { (s[n / 2 - 1] + s[n / 2]) / 2.0 })
+    Some(if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    })
 }
 
 fn fmt(v: Option<f64>) -> String {
@@ -168,7 +177,11 @@ fn fmt(v: Option<f64>) -> String {
 }
 
 fn rate_label(r: f64) -> String {
-    if r >= 1000.0 { format!("{}k/s", (r / 1000.0).round()) } else { format!("{r}/s") }
+    if r >= 1000.0 {
+        format!("{}k/s", (r / 1000.0).round())
+    } else {
+        format!("{r}/s")
+    }
 }
 
 pub async fn run(o: SuiteOpts) -> i32 {
@@ -205,7 +218,13 @@ pub async fn run(o: SuiteOpts) -> i32 {
         if round % 2 == 1 {
             order.reverse();
         }
-        eprintln!("== round {} of {} (order: {:?}), load {}", round + 1, o.rounds, order, procstat::loadavg());
+        eprintln!(
+            "== round {} of {} (order: {:?}), load {}",
+            round + 1,
+            o.rounds,
+            order,
+            procstat::loadavg()
+        );
         loads_seen.push(procstat::loadavg());
         let mut brokers: Vec<Broker> = Vec::new();
         for &k in &order {
@@ -222,7 +241,15 @@ pub async fn run(o: SuiteOpts) -> i32 {
             eprintln!("  {} idle x{}", b.kind.name(), o.idle);
             match conns::idle(b.addr, o.idle, Some(b.pid), Duration::from_secs(1)).await {
                 Ok(r) => {
-                    t.put(&format!("idle: resident memory per connection ({} conns, bytes)", o.idle), false, b.kind, r.bytes_per_connection);
+                    t.put(
+                        &format!(
+                            "idle: resident memory per connection ({} conns, bytes)",
+                            o.idle
+                        ),
+                        false,
+                        b.kind,
+                        r.bytes_per_connection,
+                    );
                     t.record(round, b.kind, "idle", &r);
                 }
                 Err(e) => eprintln!("    idle failed: {e}"),
@@ -231,21 +258,59 @@ pub async fn run(o: SuiteOpts) -> i32 {
         for b in &brokers {
             eprintln!("  {} connection storm x{}", b.kind.name(), o.storm);
             let r = conns::storm(b.addr, o.storm, o.storm_concurrency, Some(b.pid)).await;
-            eprintln!("    {:.0} connects/s, CONNACK p99 {:.2} ms, errors {}", r.connects_per_s, r.connack_p99_ms, r.errors);
+            eprintln!(
+                "    {:.0} connects/s, CONNACK p99 {:.2} ms, errors {}",
+                r.connects_per_s, r.connack_p99_ms, r.errors
+            );
             t.put("storm: connects per second", true, b.kind, r.connects_per_s);
             t.put("storm: CONNACK p50 (ms)", false, b.kind, r.connack_p50_ms);
             t.put("storm: CONNACK p99 (ms)", false, b.kind, r.connack_p99_ms);
             t.put("storm: errors", false, b.kind, r.errors as f64);
-            t.put("storm: broker CPU-ms per connect", false, b.kind, r.broker_cpu_s * 1000.0 / r.connects.max(1) as f64);
+            t.put(
+                "storm: broker CPU-ms per connect",
+                false,
+                b.kind,
+                r.broker_cpu_s * 1000.0 / r.connects.max(1) as f64,
+            );
             t.record(round, b.kind, "storm", &r);
         }
         for b in &brokers {
-            eprintln!("  {} takeover storm {}x{}", b.kind.name(), o.takeover_ids, o.takeover_rounds);
-            let r = conns::takeover(b.addr, o.takeover_ids, o.takeover_rounds, o.storm_concurrency, Some(b.pid)).await;
-            eprintln!("    {:.0} takeovers/s, CONNACK p99 {:.2} ms, old closed {}/{}", r.takeovers_per_s, r.connack_p99_ms, r.old_closed, r.takeovers);
-            t.put("takeover: takeovers per second", true, b.kind, r.takeovers_per_s);
-            t.put("takeover: CONNACK p99 (ms)", false, b.kind, r.connack_p99_ms);
-            t.put("takeover: old connection closed (%)", true, b.kind, 100.0 * r.old_closed as f64 / r.takeovers.max(1) as f64);
+            eprintln!(
+                "  {} takeover storm {}x{}",
+                b.kind.name(),
+                o.takeover_ids,
+                o.takeover_rounds
+            );
+            let r = conns::takeover(
+                b.addr,
+                o.takeover_ids,
+                o.takeover_rounds,
+                o.storm_concurrency,
+                Some(b.pid),
+            )
+            .await;
+            eprintln!(
+                "    {:.0} takeovers/s, CONNACK p99 {:.2} ms, old closed {}/{}",
+                r.takeovers_per_s, r.connack_p99_ms, r.old_closed, r.takeovers
+            );
+            t.put(
+                "takeover: takeovers per second",
+                true,
+                b.kind,
+                r.takeovers_per_s,
+            );
+            t.put(
+                "takeover: CONNACK p99 (ms)",
+                false,
+                b.kind,
+                r.connack_p99_ms,
+            );
+            t.put(
+                "takeover: old connection closed (%)",
+                true,
+                b.kind,
+                100.0 * r.old_closed as f64 / r.takeovers.max(1) as f64,
+            );
             t.record(round, b.kind, "takeover", &r);
         }
         for &(scenario, clients) in &scenarios {
@@ -253,7 +318,12 @@ pub async fn run(o: SuiteOpts) -> i32 {
                 for b in brokers.iter_mut() {
                     let name = format!("{}×{} q{}", scenario.label(), clients, q);
                     eprintln!("  {} {name}", b.kind.name());
-                    let spec = LoadSpec { scenario, clients, qos: qos_of(q) };
+                    let spec = LoadSpec {
+                        scenario,
+                        clients,
+                        qos: qos_of(q),
+                        persistent: false,
+                    };
                     let mut load = match Load::setup(b.addr, Some(b.pid), spec).await {
                         Ok(l) => l,
                         Err(e) => {
@@ -272,7 +342,11 @@ pub async fn run(o: SuiteOpts) -> i32 {
                             .await;
                         eprintln!(
                             "    {payload} B @{}: p50 {:.0} p99 {:.0} p999 {:.0} us, lost {}",
-                            rate_label(o.latency_rate), r.p50_us, r.p99_us, r.p999_us, r.lost
+                            rate_label(o.latency_rate),
+                            r.p50_us,
+                            r.p99_us,
+                            r.p999_us,
+                            r.lost
                         );
                         let key = format!("{name} {payload}B @{}", rate_label(o.latency_rate));
                         t.put(&format!("{key}: p50 (µs)"), false, b.kind, r.p50_us);
@@ -302,14 +376,41 @@ pub async fn run(o: SuiteOpts) -> i32 {
                         best_rates.insert(bk, best.rate_target.max(o.start_rate / 8.0));
                         eprintln!(
                             "    {payload} B max: {:.0} deliveries/s, {:.0} per broker CPU-s, broker CPU {:.0}%, generator CPU {:.0}%",
-                            best.delivered_per_s, best.deliveries_per_broker_cpu_s,
-                            100.0 * best.broker_cpu_s / best.window_s.max(1e-9), 100.0 * best.gen_cpu_s / best.window_s.max(1e-9)
+                            best.delivered_per_s,
+                            best.deliveries_per_broker_cpu_s,
+                            100.0 * best.broker_cpu_s / best.window_s.max(1e-9),
+                            100.0 * best.gen_cpu_s / best.window_s.max(1e-9)
                         );
-                        t.put(&format!("{key}: sustainable deliveries/s"), true, b.kind, best.delivered_per_s);
-                        t.put(&format!("{key}: deliveries per broker CPU-s"), true, b.kind, best.deliveries_per_broker_cpu_s);
-                        t.put(&format!("{key}: p99 at that rate (µs)"), false, b.kind, best.p99_us);
-                        t.put(&format!("{key}: broker CPU (%)"), false, b.kind, 100.0 * best.broker_cpu_s / best.window_s.max(1e-9));
-                        t.put(&format!("{key}: generator CPU (%)"), false, b.kind, 100.0 * best.gen_cpu_s / best.window_s.max(1e-9));
+                        t.put(
+                            &format!("{key}: sustainable deliveries/s"),
+                            true,
+                            b.kind,
+                            best.delivered_per_s,
+                        );
+                        t.put(
+                            &format!("{key}: deliveries per broker CPU-s"),
+                            true,
+                            b.kind,
+                            best.deliveries_per_broker_cpu_s,
+                        );
+                        t.put(
+                            &format!("{key}: p99 at that rate (µs)"),
+                            false,
+                            b.kind,
+                            best.p99_us,
+                        );
+                        t.put(
+                            &format!("{key}: broker CPU (%)"),
+                            false,
+                            b.kind,
+                            100.0 * best.broker_cpu_s / best.window_s.max(1e-9),
+                        );
+                        t.put(
+                            &format!("{key}: generator CPU (%)"),
+                            false,
+                            b.kind,
+                            100.0 * best.gen_cpu_s / best.window_s.max(1e-9),
+                        );
                         t.record(round, b.kind, &key, &steps);
                     }
                     drop(load);
@@ -329,12 +430,24 @@ pub async fn run(o: SuiteOpts) -> i32 {
     }
     // System calls per message, on fresh brokers, QoS 0, 64 B, at a fixed rate.
     if o.syscall_rate > 0.0 {
-        eprintln!("== system-call counts at {} (QoS 0, 64 B)", rate_label(o.syscall_rate));
+        eprintln!(
+            "== system-call counts at {} (QoS 0, 64 B)",
+            rate_label(o.syscall_rate)
+        );
         for &k in &kinds {
-            let Ok(b) = Broker::start(k, &settings) else { continue };
+            let Ok(b) = Broker::start(k, &settings) else {
+                continue;
+            };
             for &(scenario, clients) in &scenarios[..3.min(scenarios.len())] {
-                let spec = LoadSpec { scenario, clients, qos: qos_of(0) };
-                let Ok(mut load) = Load::setup(b.addr, Some(b.pid), spec).await else { continue };
+                let spec = LoadSpec {
+                    scenario,
+                    clients,
+                    qos: qos_of(0),
+                    persistent: false,
+                };
+                let Ok(mut load) = Load::setup(b.addr, Some(b.pid), spec).await else {
+                    continue;
+                };
                 // Warm the connections up, then count over one fixed run.
                 let phase = PhaseSpec {
                     rate: o.syscall_rate,
@@ -342,8 +455,15 @@ pub async fn run(o: SuiteOpts) -> i32 {
                     duration: Duration::from_secs(2),
                     warmup: Duration::from_millis(200),
                 };
-                let _ = load.run_phase(&PhaseSpec { duration: Duration::from_millis(500), ..phase.clone() }).await;
-                let Some(counter) = SyscallCounter::start(b.pid, &o.dir) else { continue };
+                let _ = load
+                    .run_phase(&PhaseSpec {
+                        duration: Duration::from_millis(500),
+                        ..phase.clone()
+                    })
+                    .await;
+                let Some(counter) = SyscallCounter::start(b.pid, &o.dir) else {
+                    continue;
+                };
                 let method = counter.method();
                 let r = load.run_phase(&phase).await;
                 let Some(calls) = counter.finish() else {
@@ -354,12 +474,37 @@ pub async fn run(o: SuiteOpts) -> i32 {
                 let per_in_out = calls as f64 / (r.received + r.sent).max(1) as f64;
                 eprintln!(
                     "  {} {}×{}: {calls} system calls ({method}), {} delivered: {:.2} per delivery, {:.2} per message in or out",
-                    k.name(), scenario.label(), clients, r.received, per, per_in_out
+                    k.name(),
+                    scenario.label(),
+                    clients,
+                    r.received,
+                    per,
+                    per_in_out
                 );
-                let key = format!("{}×{} q0 64B @{}", scenario.label(), clients, rate_label(o.syscall_rate));
-                t.put(&format!("{key}: broker system calls per delivery"), false, k, per);
-                t.put(&format!("{key}: broker system calls per message in+out"), false, k, per_in_out);
-                t.record(0, k, &format!("{key} syscalls"), &serde_json::json!({"calls": calls, "method": method, "phase": r}));
+                let key = format!(
+                    "{}×{} q0 64B @{}",
+                    scenario.label(),
+                    clients,
+                    rate_label(o.syscall_rate)
+                );
+                t.put(
+                    &format!("{key}: broker system calls per delivery"),
+                    false,
+                    k,
+                    per,
+                );
+                t.put(
+                    &format!("{key}: broker system calls per message in+out"),
+                    false,
+                    k,
+                    per_in_out,
+                );
+                t.record(
+                    0,
+                    k,
+                    &format!("{key} syscalls"),
+                    &serde_json::json!({"calls": calls, "method": method, "phase": r}),
+                );
             }
         }
     }
@@ -368,12 +513,18 @@ pub async fn run(o: SuiteOpts) -> i32 {
     println!(
         "\nbrokk-bench suite: {} round(s), {}, load average at round starts: {}; took {:.0} s\n",
         o.rounds,
-        if o.pinned { "pinned (broker on CPU 0, generator on CPU 1)" } else { "unpinned (broker and generator share both CPUs)" },
+        if o.pinned {
+            "pinned (broker on CPU 0, generator on CPU 1)"
+        } else {
+            "unpinned (broker and generator share both CPUs)"
+        },
         loads_seen.join(" / "),
         secs
     );
     println!("{table}");
-    println!("Medians over rounds. Rates are deliveries (messages received by subscribers) per second; ↑ higher is better, ↓ lower is better.");
+    println!(
+        "Medians over rounds. Rates are deliveries (messages received by subscribers) per second; ↑ higher is better, ↓ lower is better."
+    );
     if let Some(path) = &o.json {
         let v = serde_json::json!({"options": format!("{o:?}"), "table": table, "records": t.records, "secs": secs});
         if let Err(e) = std::fs::write(path, serde_json::to_string_pretty(&v).unwrap()) {
