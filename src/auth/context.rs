@@ -73,6 +73,13 @@ impl AuthContext {
         self.login.expires_at
     }
 
+    /// Whether any rule can refuse a subscription or a delivery (an acl_file, a token's `acl`
+    /// claim). Without one, every filter is granted without `check_each`, so a connection can
+    /// skip re-judging its subscriptions.
+    pub fn restricts(&self) -> bool {
+        self.state.acl.is_some() || self.login.grants.is_some()
+    }
+
     fn grants(&self) -> Option<&TopicGrants> {
         self.login.grants.as_deref()
     }

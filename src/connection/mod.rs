@@ -13,6 +13,7 @@
 //! Every way out carries exactly one [`Close`]: a [`CloseReason`] and, where it helps, a
 //! detail for the log (an I/O error's cause, how long output went unread).
 
+mod authz;
 mod close;
 pub mod connect;
 mod inbound;

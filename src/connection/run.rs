@@ -17,6 +17,7 @@ use crate::message::{Delivery, Message};
 use crate::protocol::Version;
 use crate::sessions::{Control, Lease};
 
+use super::authz::{ConnAuth, next_reload};
 use super::connect::{Negotiated, keep_alive_deadline};
 use super::io::{Io, READ_BURST};
 use super::outbound::WRITE_HIGH_WATER;
@@ -48,6 +49,13 @@ pub(super) struct Connection {
     /// A v5 DISCONNECT with 0x04 asked for the will.
     pub will_on_close: bool,
     pub scratch: Vec<Delivery>,
+    /// What the client may publish, subscribe to and receive (boxed: asked per packet, but
+    /// it need not take room in every idle connection's task).
+    pub auth: Box<ConnAuth>,
+    /// Some subscription reaches topics the client may not read (or was removed by new
+    /// rules with messages still queued): every delivery is checked. Off, deliveries cost
+    /// nothing for authorisation.
+    pub check_receive: bool,
 }
 
 /// A v5 connection's topic aliases.
@@ -69,7 +77,12 @@ struct Timers {
 }
 
 impl Connection {
-    pub fn new(ctx: &ConnectionContext, lease: Lease, negotiated: &Negotiated) -> Connection {
+    pub fn new(
+        ctx: &ConnectionContext,
+        lease: Lease,
+        negotiated: &Negotiated,
+        auth: ConnAuth,
+    ) -> Connection {
         let limits = &ctx.broker.config.limits;
         Connection {
             broker: ctx.broker.clone(),
@@ -94,6 +107,8 @@ impl Connection {
             received: [0; 3],
             will_on_close: false,
             scratch: Vec::new(),
+            auth: Box::new(auth),
+            check_receive: false,
         }
     }
 
@@ -101,13 +116,18 @@ impl Connection {
         self.silence_limit.map(|limit| self.last_inbound + limit)
     }
 
-    /// The next instant the loop must wake for: keep-alive / TTL, the shutdown drain deadline,
-    /// or the unread-output deadline, whichever comes first.
+    /// The next instant the loop must wake for: keep-alive / TTL, the credential's expiry, the
+    /// shutdown drain deadline, or the unread-output deadline, whichever comes first.
     fn next_wake(&self, timers: &Timers) -> Option<Instant> {
-        [self.deadline(), timers.drain_at, timers.stall_at]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.deadline(),
+            self.auth.deadline,
+            timers.drain_at,
+            timers.stall_at,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// What a wake-up at `now` means: a close, or nothing (a timer moved).
@@ -124,6 +144,12 @@ impl Connection {
                     format!("output not read for {waited}"),
                 )
             });
+        }
+        if self.auth.deadline.is_some_and(|at| at <= now) {
+            return Some(Close::detailed(
+                CloseReason::Expired,
+                "the token's exp passed".to_string(),
+            ));
         }
         if self.deadline().is_some_and(|at| at <= now) {
             return Some(Close::detailed(
@@ -168,6 +194,9 @@ impl Connection {
         let mailbox = self.lease.mailbox().clone();
         let queued = queue.notify().notified();
         tokio::pin!(queued);
+        // Likewise one long-lived wait for reloads of `[auth]`, only when there is anything to
+        // reload, and boxed: its state need not sit in every connection's task.
+        let mut reloaded = self.auth.reloads.take().map(|r| Box::pin(next_reload(r)));
         loop {
             if queue.is_overflowed() {
                 return CloseReason::MessageQueueLimitReached.into();
@@ -231,6 +260,17 @@ impl Connection {
                     }
                 },
                 _ = &mut queued => queued.set(queue.notify().notified()),
+                receiver = async {
+                    match &mut reloaded {
+                        Some(reload) => reload.await,
+                        None => std::future::pending().await,
+                    }
+                }, if reloaded.is_some() => {
+                    if let Some(close) = self.on_reload() {
+                        return close;
+                    }
+                    reloaded = Some(Box::pin(next_reload(receiver)));
+                }
                 _ = &mut wake, if armed.is_some() => {
                     if let Some(close) = self.on_wake(&timers, Instant::now()) {
                         return close;
