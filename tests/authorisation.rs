@@ -100,8 +100,9 @@ async fn ack_of(raw: &mut Raw) -> Packet {
     raw.recv().await.expect("an acknowledgement")
 }
 
-/// Exact SUBACK codes: 0x87 Not authorized in 5.0, 0x80 Failure in 3.1.1; a filter whose
-/// topics are all readable, or partly (checked per message), is granted.
+/// Exact SUBACK codes: 0x87 Not authorized in 5.0, 0x80 Failure in 3.1.1 (MQTT-3.9.3-2,
+/// 3.1.1 MQTT-3.8.4-5); a filter whose topics are all readable, or partly (checked per
+/// message), is granted.
 #[tokio::test]
 async fn subscribe_refusals_have_the_exact_codes() {
     let (_dir, broker) = acl_broker(ACL).await;
@@ -126,8 +127,9 @@ async fn subscribe_refusals_have_the_exact_codes() {
     broker.stop().await;
 }
 
-/// A refused PUBLISH is dropped and counted: v5 PUBACK / PUBREC 0x87 (QoS 0: nothing), 3.1.1
-/// the usual positive acknowledgements. A refused v5 QoS 2 id is free again at once.
+/// A refused PUBLISH is dropped and counted: v5 PUBACK / PUBREC 0x87 (QoS 0: nothing;
+/// MQTT-3.4.2-1, 3.5.2-1), 3.1.1 the usual positive acknowledgements (MQTT-3.3.5-2). A refused
+/// v5 QoS 2 id is free again at once (MQTT-4.3.3-9).
 #[tokio::test]
 async fn publish_refusals_v5_answer_0x87_and_v311_acknowledge() {
     let (_dir, broker) = acl_broker(ACL).await;
@@ -229,7 +231,8 @@ fn with_will(version: Version, id: &str, topic: &str) -> Connect {
 }
 
 /// A will whose topic the client may not publish to is refused at CONNECT: v5 CONNACK 0x87,
-/// 3.1.1 return code 5 (read back as 0x87), counted as `not_authorized`.
+/// 3.1.1 return code 5 (read back as 0x87), counted as `not_authorized`, and the connection
+/// closed (MQTT-3.1.4-2).
 #[tokio::test]
 async fn a_will_on_a_refused_topic_refuses_the_connect() {
     let (_dir, broker) = acl_broker(ACL).await;

@@ -97,9 +97,10 @@ fn farewell(sent: &[Packet]) -> (u8, Option<String>) {
     }
 }
 
-/// MQTT-4.12.0-1/-4/-5/-6: the method "JWT" logs in with a good token and is repeated in the
-/// CONNACK; a bad token is refused with 0x86 and the connection closed; any other method, or
-/// "JWT" without `[auth.jwt]`, gets 0x8C Bad authentication method.
+/// MQTT-4.12.0-1/-2/-4/-5, 3.1.4-2: the method "JWT" logs in with a good token, in one step
+/// (the CONNACK is the first answer: brokk never asks for more with AUTH 0x18), and is
+/// repeated in the CONNACK; a bad token is refused with 0x86 and the connection closed; any
+/// other method, or "JWT" without `[auth.jwt]`, gets 0x8C Bad authentication method.
 #[tokio::test]
 async fn the_jwt_method_logs_in_and_is_repeated_in_the_connack() {
     let key = Key::new();
@@ -306,9 +307,11 @@ async fn a_token_expiring_closes_with_expired() {
     }
 }
 
-/// MQTT-4.12.1: a v5 client that connected with method "JWT" renews with AUTH 0x19 and a
-/// fresh token before its token expires; brokk answers AUTH 0x00 (the method repeated, no
-/// Reason String) and the connection outlives the first token, until the second one's `exp`.
+/// MQTT 5.0 §4.12.1: a v5 client that connected with method "JWT" renews with AUTH 0x19 and
+/// a fresh token before its token expires; brokk answers AUTH 0x00 (MQTT-3.15.2-1), the
+/// method repeated (MQTT-4.12.0-5), no Reason String or User Property to outgrow the client's
+/// Maximum Packet Size (MQTT-3.15.2-2), and the connection outlives the first token, until
+/// the second one's `exp`.
 #[tokio::test(start_paused = true)]
 async fn reauthentication_keeps_the_connection_past_the_first_exp() {
     let key = Key::new();

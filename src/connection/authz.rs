@@ -14,7 +14,9 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::auth::{AuthContext, Login, LoginRequest, Refresh, SubscribeDecision, TOKEN_METHOD};
+use crate::auth::{
+    AuthContext, Credential, Login, LoginRequest, Refresh, SubscribeDecision, TOKEN_METHOD,
+};
 use crate::broker::Broker;
 use crate::close::{CloseReason, InvalidKind};
 use crate::logsafe::LogId;
@@ -91,11 +93,15 @@ pub(super) fn authorise(
     }
     let state = broker.auth.state();
     let reloadable = state.passwords.is_some() || state.acl.is_some() || state.jwt.is_some();
+    // Renewals replace a token; a certificate login (which a TLS identity listener makes
+    // whatever the method) has none to replace.
+    let token_method = connect.authentication_method.as_deref() == Some(TOKEN_METHOD)
+        && matches!(context.login().credential, Credential::Token(_));
     Ok(ConnAuth {
         deadline: context.expires_at().and_then(deadline_of),
         context,
         reloads: reloadable.then_some(reloads),
-        token_method: connect.authentication_method.as_deref() == Some(TOKEN_METHOD),
+        token_method,
     })
 }
 
