@@ -56,6 +56,19 @@ impl Broker {
         format!("brokk-{epoch:x}-{n}")
     }
 
+    /// Reloads `[auth]` (SIGHUP): new rules for everyone, and the waiting sessions of users
+    /// the reload removed or whose password changed end with `revoked` (connected clients
+    /// hear of the reload themselves and close with `revoked` if their login no longer
+    /// holds). A file that fails to load changes nothing. Blocking: call it off the runtime.
+    pub fn reload_auth(&self) -> Result<crate::auth::ReloadReport, crate::auth::AuthError> {
+        let report = self.auth.reload()?;
+        let ended = self.sessions.revoke_waiting(|user| report.revokes(user));
+        if ended > 0 {
+            tracing::info!(sessions = ended, "waiting sessions of revoked users ended");
+        }
+        Ok(report)
+    }
+
     /// `max_session_expiry` in seconds.
     pub fn max_session_expiry(&self) -> u32 {
         u32::try_from(self.config.session.max_session_expiry.as_secs()).unwrap_or(u32::MAX)

@@ -29,9 +29,10 @@ pub enum CloseReason {
     ClosedByController,
     /// The session moved to another node (reserved: clustering).
     FailedOver,
-    /// The client's credentials expired (reserved: expiring credentials).
+    /// The client's credentials expired: its token's `exp` passed without a renewal.
     Expired,
-    /// The client's credentials were revoked (reserved: admin API).
+    /// The client's credentials were revoked: a reload no longer accepts its login, or a v5
+    /// re-authentication failed (and, with the admin API, an administrator's revoke).
     Revoked,
     /// Another connection with the same client id took the session over.
     SessionTakenOver,

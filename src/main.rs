@@ -192,7 +192,7 @@ async fn reload_on_hangup(
     while hangups.recv().await.is_some() {
         tracing::info!("SIGHUP: reloading the password file, the ACL file and the JWT key");
         let broker = broker.clone();
-        if let Err(error) = tokio::task::spawn_blocking(move || broker.auth.reload()).await {
+        if let Err(error) = tokio::task::spawn_blocking(move || broker.reload_auth()).await {
             tracing::error!(%error, "the reload did not finish");
         }
     }

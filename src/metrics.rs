@@ -121,7 +121,14 @@ pub fn count_refused_connect(protocol: &'static str, reason_code: u8) {
 /// `brokk_messages_{received,sent}_total{qos}` values.
 pub const QOS_LABELS: [&str; 3] = ["0", "1", "2"];
 /// `brokk_messages_dropped_total{reason}` values known at start (others may appear later).
-pub const DROP_REASONS: [&str; 4] = ["queue_full", "too_large_for_client", "expired", "conflated"];
+/// `not_authorized`: a PUBLISH the ACL refused, or a message its subscriber may not read.
+pub const DROP_REASONS: [&str; 5] = [
+    "queue_full",
+    "too_large_for_client",
+    "expired",
+    "conflated",
+    "not_authorized",
+];
 
 /// The Prometheus text format version this endpoint speaks.
 const CONTENT_TYPE_TEXT: &str = "text/plain; version=0.0.4";
@@ -326,6 +333,7 @@ pub struct Stats {
     pub dropped_too_large: metrics::Counter,
     pub dropped_expired: metrics::Counter,
     pub dropped_conflated: metrics::Counter,
+    pub dropped_not_authorized: metrics::Counter,
     pub connections: metrics::Gauge,
     pub queued: metrics::Gauge,
     pub subscriptions: metrics::Gauge,
@@ -344,6 +352,7 @@ impl Stats {
             dropped_too_large: counter!(MESSAGES_DROPPED, "reason" => "too_large_for_client"),
             dropped_expired: counter!(MESSAGES_DROPPED, "reason" => "expired"),
             dropped_conflated: counter!(MESSAGES_DROPPED, "reason" => "conflated"),
+            dropped_not_authorized: counter!(MESSAGES_DROPPED, "reason" => "not_authorized"),
             connections: gauge!(CONNECTIONS),
             queued: gauge!(QUEUED_MESSAGES),
             subscriptions: gauge!(SUBSCRIPTIONS),

@@ -518,7 +518,12 @@ async fn sighup_reloads_users_and_a_broken_file_keeps_the_old_rules() {
     assert_eq!(connack(addr, user("alice", "one")).await, 0);
     assert_eq!(connack(addr, user("bob", "two")).await, 0);
 
-    // A removed user is named by the reload and refused from then on.
+    // A removed user is named by the reload and refused from then on; a client it had
+    // connected is closed with `revoked` (v5 DISCONNECT 0x87), bob's stays.
+    let (mut alice, connack_alice) = Raw::connect(addr, user("alice", "one")).await;
+    assert_eq!(connack_alice.reason_code, 0);
+    let (mut bob, connack_bob) = Raw::connect(addr, user("bob", "two")).await;
+    assert_eq!(connack_bob.reason_code, 0);
     brokk::auth::passwd_delete(&passwd, "alice").expect("delete");
     std::fs::write(&acl, "user bob\ntopic readwrite bob/#\n").expect("write");
     brokk.signal("HUP");
@@ -527,7 +532,18 @@ async fn sighup_reloads_users_and_a_broken_file_keeps_the_old_rules() {
         line.contains("generation=3") && line.contains("alice"),
         "{line}"
     );
+    match alice.until_closed().await.last() {
+        Some(Packet::Disconnect(d)) => assert_eq!(
+            (d.reason_code, d.reason_string.as_deref()),
+            (0x87, Some("revoked"))
+        ),
+        other => panic!("expected DISCONNECT 0x87, got {other:?}"),
+    }
+    // Logged once, with the reason (earlier probes' closes may come first).
+    while !brokk.wait_for("connection closed").contains("revoked") {}
     assert_eq!(connack(addr, user("alice", "one")).await, 0x86);
+    bob.send_packet(&Packet::PingReq).await;
+    assert_eq!(bob.recv().await, Some(Packet::PingResp));
 
     // Through all this, SIGHUP never ended the process; SIGTERM still stops it cleanly.
     assert!(

@@ -97,8 +97,13 @@ impl Authenticator {
             PeerIdentity::None => {}
         }
         let password = request.password.map(|p| &p[..]);
+        if request.token_method && (state.jwt.is_none() || password.is_none()) {
+            return Err(Refusal::BadCredentials(
+                "Authentication Method JWT without a token".to_string(),
+            ));
+        }
         if let (Some(jwt), Some(token)) = (&state.jwt, password)
-            && looks_like_jwt(token)
+            && (request.token_method || looks_like_jwt(token))
         {
             let token_text = String::from_utf8_lossy(token);
             return match jwt.verify(token) {

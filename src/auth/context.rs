@@ -1,21 +1,25 @@
 //! One connection's authorisation: built at CONNECT from its [`Login`], asked on every
 //! PUBLISH, SUBSCRIBE, will and delivery, refreshed after a reload, renewed by v5 AUTH.
 //!
-//! How the connection uses it:
+//! How the connection uses it (`src/connection/authz.rs`, with one call each in `inbound` and
+//! `outbound`):
 //! - CONNECT: `AuthContext::new`; a will whose topic fails [`AuthContext::may_publish`] is
-//!   refused (v5 CONNACK 0x87, 3.1.1 rc 5); a token's [`AuthContext::expires_at`] arms a timer
-//!   that closes with `expired` (v5 0xA0).
+//!   refused (v5 CONNACK 0x87, 3.1.1 rc 5); a token's [`AuthContext::expires_at`] arms the
+//!   main loop's timer, which closes with `expired` (v5 0xA0).
 //! - PUBLISH: [`AuthContext::may_publish`]; refused: v5 PUBACK/PUBREC 0x87, 3.1.1 acknowledged
 //!   and dropped, counted in `brokk_messages_dropped_total{reason="not_authorized"}`.
 //! - SUBSCRIBE: [`AuthContext::may_subscribe`] per filter; `Denied`: SUBACK 0x87 (3.1.1 0x80).
-//!   `Granted { check_each: true }`: remember it on the subscription, and check each message
-//!   delivered through it (retained ones too) with [`AuthContext::may_receive`], dropping the
-//!   refused ones. `check_each: false` (the usual case) costs nothing per message.
+//!   `Granted { check_each: true }`: from then on the connection checks each message it
+//!   delivers (retained ones too, before they are queued) with [`AuthContext::may_receive`],
+//!   dropping the refused ones. While no subscription asks for it (the usual case), a
+//!   delivery costs nothing.
 //! - A reload (see [`super::Authenticator::reloads`]): [`AuthContext::refresh`]; `Revoked`
-//!   closes with `revoked` (v5 0x87), `Updated` means subscriptions granted before may now
-//!   need re-judging (Mosquitto applies reloaded ACLs to existing subscriptions too).
+//!   closes with `revoked` (v5 0x87) and ends the session, `Updated` re-judges the
+//!   subscriptions (Mosquitto applies reloaded ACLs to existing subscriptions too): refused
+//!   ones are removed. A resumed session is re-judged the same way at CONNECT.
 //! - v5 AUTH, method "JWT", reason 0x19: [`AuthContext::reauthenticate`] with the new token;
-//!   success moves the deadline (answer AUTH 0x00), failure closes (DISCONNECT 0x87).
+//!   success moves the deadline (answer AUTH 0x00), failure closes with `revoked`
+//!   (DISCONNECT 0x87).
 //!
 //! The checks use the state snapshot taken at CONNECT or at the last refresh, so a check never
 //! waits for a lock and a reload cannot change rules halfway through one packet.
@@ -71,6 +75,13 @@ impl AuthContext {
     /// A token's deadline: close with `expired` when it passes (unless renewed first).
     pub fn expires_at(&self) -> Option<SystemTime> {
         self.login.expires_at
+    }
+
+    /// Whether any rule can refuse a subscription or a delivery (an acl_file, a token's `acl`
+    /// claim). Without one, every filter is granted without `check_each`, so a connection can
+    /// skip re-judging its subscriptions.
+    pub fn restricts(&self) -> bool {
+        self.state.acl.is_some() || self.login.grants.is_some()
     }
 
     fn grants(&self) -> Option<&TopicGrants> {

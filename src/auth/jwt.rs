@@ -125,9 +125,12 @@ impl JwtVerifier {
             Some(_) => return Err(TokenError::BadClaim(self.username_claim.clone())),
             None => return Err(TokenError::MissingClaim(self.username_claim.clone())),
         };
-        let exp = claims
+        // An `exp` beyond what the clock can hold (a signed 10^19, say) is refused rather than
+        // overflowing the deadline.
+        let expires_at = claims
             .get("exp")
             .and_then(Value::as_u64)
+            .and_then(|exp| UNIX_EPOCH.checked_add(Duration::from_secs(exp)))
             .ok_or_else(|| TokenError::BadClaim("exp".to_string()))?;
         let grants = match claims.get("acl") {
             None => None,
@@ -137,7 +140,7 @@ impl JwtVerifier {
         };
         Ok(Token {
             user,
-            expires_at: UNIX_EPOCH + Duration::from_secs(exp),
+            expires_at,
             grants,
         })
     }

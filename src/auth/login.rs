@@ -28,7 +28,13 @@ pub struct LoginRequest<'a> {
     pub username: Option<&'a str>,
     pub password: Option<&'a Bytes>,
     pub identity: &'a PeerIdentity,
+    /// The v5 CONNECT named Authentication Method [`TOKEN_METHOD`]: `password` carries its
+    /// Authentication Data, which must be a token (never checked as a password).
+    pub token_method: bool,
 }
+
+/// The v5 Authentication Method under which a CONNECT or AUTH carries a JWT.
+pub const TOKEN_METHOD: &str = "JWT";
 
 /// What proved the user, so that a reload can tell whether it still does.
 #[derive(Clone, Debug, PartialEq, Eq)]

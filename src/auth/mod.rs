@@ -27,7 +27,7 @@ use std::path::Path;
 pub use acl::{Access, Acl, SubscribeDecision};
 pub use authenticator::Authenticator;
 pub use context::{AuthContext, Refresh};
-pub use login::{Credential, Login, LoginRequest, PeerIdentity, Refusal};
+pub use login::{Credential, Login, LoginRequest, PeerIdentity, Refusal, TOKEN_METHOD};
 pub use passwd::{passwd_delete, passwd_set};
 pub use state::{AuthState, ReloadReport};
 

@@ -6,13 +6,14 @@ use std::time::{Duration, SystemTime};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::auth::LoginRequest;
+use crate::auth::TOKEN_METHOD;
 use crate::config::Limits;
 use crate::logsafe::LogId;
 use crate::protocol::{ConnAck, ConnAckProperties, Connect, Packet, Version, Will};
 use crate::router;
 use crate::sessions::{ConnInfo, ConnectRequest, Counters};
 
+use super::authz;
 use super::io::Io;
 use super::run::Connection;
 use super::{ConnectionContext, encode_or_log, own_payload};
@@ -52,7 +53,7 @@ pub struct Refusal {
     pub connack: bool,
 }
 
-fn refusal(code: u8, why: &str) -> Refusal {
+pub(super) fn refusal(code: u8, why: &str) -> Refusal {
     Refusal {
         code,
         why: why.to_string(),
@@ -68,8 +69,12 @@ pub fn negotiate(
     max_session_expiry: u32,
 ) -> Result<Negotiated, Refusal> {
     let version = connect.version;
-    if connect.authentication_method.is_some() {
-        return Err(refusal(0x8C, "enhanced authentication is not supported"));
+    // One Authentication Method, "JWT" (the token in Authentication Data, checked at login;
+    // refused there with 0x8C when `[auth.jwt]` is not configured).
+    if let Some(method) = &connect.authentication_method
+        && method != TOKEN_METHOD
+    {
+        return Err(refusal(0x8C, "unsupported Authentication Method"));
     }
     if let Some(will) = &connect.will {
         check_will(will, version, limits)?;
@@ -199,17 +204,11 @@ where
     }
     let negotiated = negotiate(&connect, limits, broker.max_session_expiry())
         .map_err(|r| refuse(io, &connect, r))?;
-    // Password checks wait their turn in the login gate (bounded, fair between addresses).
-    let login = broker
-        .auth
-        .login(LoginRequest {
-            peer: ctx.peer,
-            username: connect.username.as_deref(),
-            password: connect.password.as_ref(),
-            identity: &ctx.identity,
-        })
+    // Taken before the login, so that no reload can slip between the two unseen.
+    let reloads = broker.auth.reloads();
+    let login = authz::log_in(ctx, &connect)
         .await
-        .map_err(|r| refuse(io, &connect, refusal(r.reason_code(), &r.detail())))?;
+        .map_err(|r| refuse(io, &connect, r))?;
     let assigned = negotiated
         .client_id
         .is_none()
@@ -219,6 +218,8 @@ where
         .clone()
         .or_else(|| assigned.clone())
         .unwrap_or_else(|| Arc::from(""));
+    let auth = authz::authorise(broker, &connect, login, client_id.clone(), reloads)
+        .map_err(|r| refuse(io, &connect, r))?;
     let lease = broker
         .sessions
         .connect(ConnectRequest {
@@ -230,7 +231,7 @@ where
                 ..will
             }),
             info: ConnInfo {
-                user: login.user.clone(),
+                user: auth.context.login().user.clone(),
                 peer: ctx.peer,
                 listener: ctx.listener.clone(),
                 version: connect.version,
@@ -242,7 +243,7 @@ where
     let mut connack = ConnAck {
         session_present: lease.session_present(),
         reason_code: 0,
-        properties: connack_properties(&negotiated, connect.version, limits, assigned),
+        properties: connack_properties(&negotiated, &connect, limits, assigned),
     };
     fit_connack(
         &mut connack,
@@ -257,22 +258,28 @@ where
         protocol = connect.version.label(),
         clean_start = connect.clean_start,
         keep_alive = negotiated.keep_alive,
-        user = login.user.as_deref().map(|u| LogId(u).to_string()),
+        user = auth.context.user().map(|u| LogId(u).to_string()),
         session_present = lease.session_present(),
         "client connected"
     );
-    let mut conn = Connection::new(ctx, lease, &negotiated);
+    let resumed = lease.session_present();
+    let mut conn = Connection::new(ctx, lease, &negotiated, auth);
+    if resumed {
+        // The session's subscriptions were granted to an earlier connection, maybe to
+        // another user or under other rules.
+        conn.rejudge();
+    }
     conn.resend_inflight(&mut io.out);
     Ok(conn)
 }
 
 fn connack_properties(
     negotiated: &Negotiated,
-    version: Version,
+    connect: &Connect,
     limits: &Limits,
     assigned: Option<Arc<str>>,
 ) -> ConnAckProperties {
-    if version != Version::V5 {
+    if connect.version != Version::V5 {
         return ConnAckProperties::default();
     }
     ConnAckProperties {
@@ -286,6 +293,8 @@ fn connack_properties(
         subscription_identifiers_available: Some(true),
         shared_subscription_available: Some(true),
         server_keep_alive: negotiated.server_keep_alive,
+        // MQTT-4.12.0-5: a successful CONNACK repeats the Authentication Method.
+        authentication_method: connect.authentication_method.clone(),
         ..ConnAckProperties::default()
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::time::Instant;
 
+use crate::auth::SubscribeDecision;
 use crate::close::{CloseReason, InvalidKind};
 use crate::logsafe::LogId;
 use crate::message::{Delivery, Message};
@@ -125,12 +126,12 @@ impl Connection {
             Packet::Subscribe(subscribe) => self.handle_subscribe(subscribe, out),
             Packet::Unsubscribe(unsubscribe) => self.handle_unsubscribe(unsubscribe, out),
             Packet::Disconnect(disconnect) => self.handle_disconnect(disconnect),
+            Packet::Auth(auth) => self.handle_auth(auth, out),
             Packet::Connect(_)
             | Packet::ConnAck(_)
             | Packet::SubAck(_)
             | Packet::UnsubAck(_)
-            | Packet::PingResp
-            | Packet::Auth(_) => Err(PROTOCOL_ERROR),
+            | Packet::PingResp => Err(PROTOCOL_ERROR),
         }
     }
 
@@ -173,6 +174,9 @@ impl Connection {
             return Err(CloseReason::InvalidInboundMessage(InvalidKind::TopicName));
         }
         self.received[publish.qos as usize] += 1;
+        if !self.auth.context.may_publish(&topic) {
+            return self.refuse_publish(&publish, out);
+        }
         if !self.is_duplicate(&publish)? {
             let expires_at = publish
                 .properties
@@ -197,6 +201,29 @@ impl Connection {
             QoS::AtMostOnce => Ok(()),
             QoS::AtLeastOnce => self.send(&Packet::PubAck(Ack::success(publish.packet_id)), out),
             QoS::ExactlyOnce => self.send(&Packet::PubRec(Ack::success(publish.packet_id)), out),
+        }
+    }
+
+    /// A PUBLISH the rules refuse is dropped and counted (`not_authorized`). A v5 client is
+    /// told: PUBACK / PUBREC 0x87, and the refused QoS 2 id is not kept, so the next PUBLISH
+    /// with it is a new one (MQTT-4.3.3-9). 3.1.1 has no way to say it: the PUBLISH gets its
+    /// usual acknowledgements (MQTT-3.3.5-2 allows a positive one), QoS 2 through PUBCOMP.
+    fn refuse_publish(&mut self, publish: &Publish, out: &mut OutBuf) -> Result<(), CloseReason> {
+        let v5 = self.version == Version::V5;
+        // A 3.1.1 QoS 2 resend was counted the first time.
+        let resent = !v5 && self.is_duplicate(publish)?;
+        if !resent {
+            self.broker.stats.dropped_not_authorized.increment(1);
+        }
+        let ack = Ack {
+            packet_id: publish.packet_id,
+            reason_code: if v5 { 0x87 } else { 0x00 },
+            reason_string: None,
+        };
+        match publish.qos {
+            QoS::AtMostOnce => Ok(()),
+            QoS::AtLeastOnce => self.send(&Packet::PubAck(ack), out),
+            QoS::ExactlyOnce => self.send(&Packet::PubRec(ack), out),
         }
     }
 
@@ -248,7 +275,7 @@ impl Connection {
         out: &mut OutBuf,
     ) -> Result<(), CloseReason> {
         let mut reason_codes = Vec::with_capacity(subscribe.filters.len());
-        let mut retained_for: Vec<(String, QoS)> = Vec::new();
+        let mut retained_for: Vec<RetainedFor> = Vec::new();
         let max_subscriptions = self.broker.config.limits.max_subscriptions_per_client;
         for request in &subscribe.filters {
             if let Some(code) = self.filter_refusal(&request.filter)? {
@@ -260,6 +287,18 @@ impl Connection {
                 // MQTT-3.8.3-4: No Local on a shared subscription is a Protocol Error.
                 return Err(PROTOCOL_ERROR);
             }
+            let check_each = match self.auth.context.may_subscribe(&request.filter) {
+                SubscribeDecision::Granted { check_each } => check_each,
+                SubscribeDecision::Denied => {
+                    // 0x87 Not authorized (3.1.1: 0x80 Failure).
+                    reason_codes.push(if self.version == Version::V5 {
+                        0x87
+                    } else {
+                        0x80
+                    });
+                    continue;
+                }
+            };
             let state = self.lease.state();
             if !state.has_subscription(&request.filter)
                 && state.subscription_count() >= max_subscriptions
@@ -279,6 +318,7 @@ impl Connection {
                 subscription_identifier: subscribe.subscription_identifier,
             };
             let existed = self.lease.subscribe(&request.filter, options);
+            self.check_receive |= check_each;
             reason_codes.push(request.qos as u8);
             // Retained messages are not sent for shared subscriptions (MQTT 5.0 §4.8.2).
             let send_retained = !shared
@@ -289,9 +329,13 @@ impl Connection {
                 };
             // One SUBSCRIBE naming a filter twice replaces one subscription: its retained
             // messages go once, with the last options.
-            retained_for.retain(|(f, _)| *f != request.filter);
+            retained_for.retain(|r| r.filter != request.filter);
             if send_retained {
-                retained_for.push((request.filter.clone(), request.qos));
+                retained_for.push(RetainedFor {
+                    filter: request.filter.clone(),
+                    qos: request.qos,
+                    check_each,
+                });
             }
         }
         let suback = SubAck {
@@ -307,7 +351,9 @@ impl Connection {
     /// Retained messages for new subscriptions go through the session's queue, after the
     /// SUBACK and behind what is already queued, so the queue's limits apply: a SUBSCRIBE
     /// matching more than the queue holds meets `queue_full_policy` like any other burst.
-    fn queue_retained(&mut self, filters: Vec<(String, QoS)>, id: Option<u32>) {
+    /// Through a filter that reaches topics the client may not read, only those it may read
+    /// are queued (the others counted as `not_authorized`), so they take no room in the queue.
+    fn queue_retained(&mut self, filters: Vec<RetainedFor>, id: Option<u32>) {
         if filters.is_empty() {
             return;
         }
@@ -317,8 +363,13 @@ impl Connection {
         let routing = self.lease.sessions().routing().clone();
         let retained = routing.retained();
         let mut messages = Vec::new();
-        let mut dropped = 0;
-        for (filter, qos) in filters {
+        let (mut dropped, mut refused) = (0, 0);
+        'filters: for RetainedFor {
+            filter,
+            qos,
+            check_each,
+        } in filters
+        {
             messages.clear();
             if retained.matching_up_to(&filter, capacity, &mut messages) {
                 // More match than the queue can ever hold at once: those beyond are dropped
@@ -326,6 +377,10 @@ impl Connection {
                 dropped += retained.count_matching(&filter) - messages.len();
             }
             for message in messages.drain(..) {
+                if check_each && !self.auth.context.may_receive(&message.topic) {
+                    refused += 1;
+                    continue;
+                }
                 // MQTT-3.3.1-8: retained messages sent on subscribe keep RETAIN 1.
                 let qos = message.qos.min(qos);
                 let ids: Vec<u32> = id.into_iter().collect();
@@ -341,16 +396,21 @@ impl Connection {
                     }
                     Offer::Queued { .. } | Offer::NotQueuedOffline => {}
                     Offer::DroppedQueueFull(n) => dropped += n,
-                    // The connection closes with message_queue_limit_reached.
-                    Offer::Overflowed | Offer::Closed => return,
+                    // The connection closes with message_queue_limit_reached, and the
+                    // session ends: nothing is counted as dropped one by one.
+                    Offer::Overflowed | Offer::Closed => {
+                        dropped = 0;
+                        break 'filters;
+                    }
                 }
             }
         }
+        let stats = &self.broker.stats;
         if dropped > 0 {
-            self.broker
-                .stats
-                .dropped_queue_full
-                .increment(dropped as u64);
+            stats.dropped_queue_full.increment(dropped as u64);
+        }
+        if refused > 0 {
+            stats.dropped_not_authorized.increment(refused);
         }
     }
 
@@ -391,6 +451,14 @@ impl Connection {
         self.will_on_close = disconnect.reason_code == 0x04;
         Err(CloseReason::ClosedByClient)
     }
+}
+
+/// A new subscription whose retained messages are to be sent.
+struct RetainedFor {
+    filter: String,
+    qos: QoS,
+    /// The rules let the filter reach topics the client may not read.
+    check_each: bool,
 }
 
 /// MQTT 5.0 §3.6.2.1 / 3.7.2.1: 0x92 Packet Identifier not found.

@@ -5,14 +5,16 @@
 //!    `limits.connect_timeout`;
 //! 2. `connect`: [`connect::negotiate`] (pure: keep-alive, expiry, client id, will), the login,
 //!    taking the session from the sessions module, the CONNACK;
-//! 3. `run`: the main loop, with `inbound` (every packet the client sends, in order) and
-//!    `outbound` (deliveries from the session's queue, topic aliases, resends);
+//! 3. `run`: the main loop, with `inbound` (every packet the client sends, in order),
+//!    `outbound` (deliveries from the session's queue, topic aliases, resends) and `authz`
+//!    (what the login allows: the credential's deadline, v5 re-authentication, reloads);
 //! 4. `close`: the v5 DISCONNECT that says why, the session handed back, the close logged
 //!    and counted once.
 //!
 //! Every way out carries exactly one `Close`: a [`CloseReason`] and, where it helps, a
 //! detail for the log (an I/O error's cause, how long output went unread).
 
+mod authz;
 mod close;
 pub mod connect;
 mod inbound;

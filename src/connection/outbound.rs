@@ -157,6 +157,11 @@ impl Connection {
             self.lease.state_mut().discard(&delivery);
             return None;
         }
+        // Only where some subscription reaches topics the client may not read (see authz).
+        if self.check_receive && !self.auth.context.may_receive(&delivery.message.topic) {
+            stats.dropped_not_authorized.increment(1);
+            return None;
+        }
         // The client's Maximum Packet Size (MQTT-3.1.2-24), measured without an alias: the
         // largest form this message could take.
         if let Some(limit) = self.client_maximum_packet_size {

@@ -18,6 +18,7 @@ use crate::protocol::Version;
 use crate::sessions::store::{Commit, Load, LoadedQueue, StoreError};
 use crate::sessions::{Control, Lease};
 
+use super::authz::{ConnAuth, next_reload};
 use super::connect::{Negotiated, keep_alive_deadline};
 use super::io::{Io, READ_BURST};
 use super::outbound::WRITE_HIGH_WATER;
@@ -53,6 +54,13 @@ pub(super) struct Connection {
     /// What only a session in a durable store needs (allocated when first needed: most
     /// connections never do).
     pub durable: Option<Box<Durable>>,
+    /// What the client may publish, subscribe to and receive (boxed: asked per packet, but
+    /// it need not take room in every idle connection's task).
+    pub auth: Box<ConnAuth>,
+    /// Some subscription reaches topics the client may not read (or was removed by new
+    /// rules with messages still queued): every delivery is checked. Off, deliveries cost
+    /// nothing for authorisation.
+    pub check_receive: bool,
 }
 
 /// Output held for a commit, and stored backlog being read.
@@ -78,35 +86,42 @@ enum DurableEvent {
 }
 
 /// The next of a held commit completing or a backlog piece arriving (never, when neither is
-/// awaited). The slot it came from is emptied.
-async fn durable_event(durable: &mut Option<Box<Durable>>) -> DurableEvent {
-    let Some(durable) = durable else {
-        return std::future::pending().await;
-    };
-    let Durable {
-        pending, loading, ..
-    } = &mut **durable;
-    let event = std::future::poll_fn(|cx| {
-        use std::future::Future;
-        use std::task::Poll;
-        if let Some(commit) = pending
+/// awaited). The slot it came from is emptied. A plain `poll_fn`, not an `async fn`: it adds
+/// no state of its own to the connection's future.
+fn durable_event(
+    durable: &mut Option<Box<Durable>>,
+) -> impl std::future::Future<Output = DurableEvent> + '_ {
+    use std::future::Future;
+    use std::task::Poll;
+    std::future::poll_fn(move |cx| {
+        let Some(durable) = durable else {
+            return Poll::Pending;
+        };
+        if let Some(commit) = &mut durable.pending
             && let Poll::Ready(result) = std::pin::Pin::new(commit).poll(cx)
         {
+            durable.pending = None;
             return Poll::Ready(DurableEvent::Committed(result));
         }
-        if let Some(load) = loading
+        if let Some(load) = &mut durable.loading
             && let Poll::Ready(result) = std::pin::Pin::new(load).poll(cx)
         {
+            durable.loading = None;
             return Poll::Ready(DurableEvent::Loaded(result));
         }
         Poll::Pending
     })
-    .await;
-    match event {
-        DurableEvent::Committed(_) => *pending = None,
-        DurableEvent::Loaded(_) => *loading = None,
-    }
-    event
+}
+
+/// The next reload of `[auth]`, when there is anything to reload (never otherwise); like
+/// `durable_event`, without state of its own.
+fn reload_event<F: std::future::Future + Unpin>(
+    reloaded: &mut Option<F>,
+) -> impl std::future::Future<Output = F::Output> + '_ {
+    std::future::poll_fn(move |cx| match reloaded {
+        Some(reload) => std::pin::Pin::new(reload).poll(cx),
+        None => std::task::Poll::Pending,
+    })
 }
 
 /// A v5 connection's topic aliases.
@@ -128,7 +143,12 @@ struct Timers {
 }
 
 impl Connection {
-    pub fn new(ctx: &ConnectionContext, lease: Lease, negotiated: &Negotiated) -> Connection {
+    pub fn new(
+        ctx: &ConnectionContext,
+        lease: Lease,
+        negotiated: &Negotiated,
+        auth: ConnAuth,
+    ) -> Connection {
         let limits = &ctx.broker.config.limits;
         Connection {
             broker: ctx.broker.clone(),
@@ -154,6 +174,8 @@ impl Connection {
             will_on_close: false,
             scratch: Vec::new(),
             durable: None,
+            auth: Box::new(auth),
+            check_receive: false,
         }
     }
 
@@ -206,13 +228,18 @@ impl Connection {
         self.silence_limit.map(|limit| self.last_inbound + limit)
     }
 
-    /// The next instant the loop must wake for: keep-alive / TTL, the shutdown drain deadline,
-    /// or the unread-output deadline, whichever comes first.
+    /// The next instant the loop must wake for: keep-alive / TTL, the credential's expiry, the
+    /// shutdown drain deadline, or the unread-output deadline, whichever comes first.
     fn next_wake(&self, timers: &Timers) -> Option<Instant> {
-        [self.deadline(), timers.drain_at, timers.stall_at]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.deadline(),
+            self.auth.deadline,
+            timers.drain_at,
+            timers.stall_at,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// What a wake-up at `now` means: a close, or nothing (a timer moved).
@@ -229,6 +256,12 @@ impl Connection {
                     format!("output not read for {waited}"),
                 )
             });
+        }
+        if self.auth.deadline.is_some_and(|at| at <= now) {
+            return Some(Close::detailed(
+                CloseReason::Expired,
+                "the token's exp passed".to_string(),
+            ));
         }
         if self.deadline().is_some_and(|at| at <= now) {
             return Some(Close::detailed(
@@ -307,6 +340,9 @@ impl Connection {
         let mailbox = self.lease.mailbox().clone();
         let queued = queue.notify().notified();
         tokio::pin!(queued);
+        // Likewise one long-lived wait for reloads of `[auth]`, only when there is anything to
+        // reload, and boxed: its state need not sit in every connection's task.
+        let mut reloaded = self.auth.reloads.take().map(|r| Box::pin(next_reload(r)));
         loop {
             let backlogged = match self.before_wait(io, &mut timers) {
                 Ok(backlogged) => backlogged,
@@ -377,6 +413,12 @@ impl Connection {
                         },
                     },
                 },
+                receiver = reload_event(&mut reloaded), if reloaded.is_some() => {
+                    if let Some(close) = self.on_reload() {
+                        return close;
+                    }
+                    reloaded = Some(Box::pin(next_reload(receiver)));
+                }
                 _ = &mut wake, if armed.is_some() => {
                     if let Some(close) = self.on_wake(&timers, Instant::now()) {
                         return close;

@@ -142,6 +142,8 @@ pub struct ConnAckProperties {
     pub subscription_identifiers_available: Option<bool>,
     pub shared_subscription_available: Option<bool>,
     pub server_keep_alive: Option<u16>,
+    /// The CONNECT's Authentication Method, repeated on success (MQTT-4.12.0-5).
+    pub authentication_method: Option<String>,
     pub user_properties: UserProperties,
 }
 

@@ -204,6 +204,7 @@ fn v5_packets() -> Vec<Packet> {
                 subscription_identifiers_available: Some(false),
                 shared_subscription_available: Some(true),
                 server_keep_alive: Some(60),
+                authentication_method: Some("JWT".into()),
                 user_properties: vec![("x".into(), "y".into())],
             },
         }),

@@ -97,6 +97,7 @@ pub(crate) fn decode(header: &FixedHeader, body: Bytes) -> Result<Packet, Decode
                         .map(|v| v != 0),
                     shared_subscription_available: p.shared_subscription_available.map(|v| v != 0),
                     server_keep_alive: p.server_keep_alive,
+                    authentication_method: p.authentication_method.take(),
                     user_properties: std::mem::take(&mut p.user_properties),
                 },
             })
@@ -281,6 +282,7 @@ fn parts(packet: &Packet) -> Result<Parts, EncodeError> {
                     .map(u8::from),
                 shared_subscription_available: p.shared_subscription_available.map(u8::from),
                 server_keep_alive: p.server_keep_alive,
+                authentication_method: p.authentication_method.clone(),
                 user_properties: p.user_properties.clone(),
                 ..Props::default()
             };

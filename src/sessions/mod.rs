@@ -209,6 +209,22 @@ impl Sessions {
         n
     }
 
+    /// Ends with `revoked` the waiting sessions whose last user `revoked` names (a reload
+    /// removed the user or changed its password). Connected sessions are left to their
+    /// connections, which know how their client logged in (a token or a certificate for the
+    /// same name still holds). Returns how many ended.
+    pub fn revoke_waiting(&self, revoked: impl Fn(&str) -> bool) -> usize {
+        let mut n = 0;
+        for client_id in self.table.waiting_ids_of_users(&revoked) {
+            if let Some((state, queue)) = self.table.discard_waiting_of_users(&client_id, &revoked)
+            {
+                self.end(state, &queue, SessionEnd::Revoked);
+                n += 1;
+            }
+        }
+        n
+    }
+
     pub fn info(&self, client_id: &str) -> Option<SessionInfo> {
         self.table.info(client_id)
     }

@@ -365,6 +365,26 @@ impl Table {
             .collect()
     }
 
+    /// Client ids of the waiting sessions whose last user passes `revoked`.
+    pub fn waiting_ids_of_users(&self, revoked: &dyn Fn(&str) -> bool) -> Vec<Arc<str>> {
+        self.map
+            .iter()
+            .filter(|e| matches!(e.state, State::Disconnected { .. }))
+            .filter(|e| e.info.user.as_deref().is_some_and(revoked))
+            .map(|e| e.key().clone())
+            .collect()
+    }
+
+    /// Removes `client_id`'s session if it still waits and its last user still passes
+    /// `revoked` (its client may have come back, as another user, since it was listed).
+    pub fn discard_waiting_of_users(
+        &self,
+        client_id: &str,
+        revoked: &dyn Fn(&str) -> bool,
+    ) -> Option<(Box<SessionState>, Arc<Queue>)> {
+        self.remove_waiting(client_id, |e| e.info.user.as_deref().is_some_and(revoked))
+    }
+
     /// One session as listings show it.
     pub fn info(&self, client_id: &str) -> Option<SessionInfo> {
         self.map.get(client_id).map(|e| describe(e.key(), &e))

@@ -19,6 +19,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 BROKK_BIN = Path(os.environ.get("BROKK_BIN", REPO / "target" / "debug" / "brokk"))
 STARTUP_DEADLINE = 10.0
+# Every broker runs with this acl_file (Mosquitto's syntax), as Paho's interoperability
+# broker does: anything goes, except `test/nosubscribe` (its test_subscribe_failure).
+ACL = "topic readwrite #\ntopic deny test/nosubscribe\n"
 SHUTDOWN_DEADLINE = 10.0
 
 
@@ -98,11 +101,14 @@ def _start_broker(tmp_path: Path, attempts: int = 3) -> Broker:
         while metrics_port == port:
             metrics_port = free_port()
         config = tmp_path / f"broker-{attempt}.toml"
+        acl = tmp_path / "acl"
+        acl.write_text(ACL)
         config.write_text(
             f'[listeners.tcp]\nbind = "{host}:{port}"\n\n'
             f'[metrics]\nenabled = true\nbind = "{host}:{metrics_port}"\n\n'
             '[limits]\nconnect_timeout = "5s"\n\n'
-            f'[storage]\npath = "{tmp_path / f"store-{attempt}"}"\n'
+            f'[storage]\npath = "{tmp_path / f"store-{attempt}"}"\n\n'
+            f'[auth]\nacl_file = "{acl}"\n'
         )
         log_path = tmp_path / f"brokk-{attempt}.log"
         log = open(log_path, "wb")

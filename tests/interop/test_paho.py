@@ -217,6 +217,25 @@ def test_empty_client_id_is_assigned(conns, version):
     c.disconnect()
 
 
+# --- authorisation --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("version", PROTOCOLS)
+def test_subscribe_failure(conns, version):
+    """Paho's interoperability test_subscribe_failure: a filter the broker does not allow
+    (the conftest's acl_file denies test/nosubscribe) is refused in the SUBACK, 0x80 in 3.1.1.
+    In 5.0 brokk says why, 0x87 Not authorized, where Paho's own test broker answers 0x80
+    Unspecified error: both are failures to the client."""
+    c = conns(version, client_id="subscribe failure").connect()
+    result, mid = c.client.subscribe("test/nosubscribe", 2)
+    assert result == paho.MQTT_ERR_SUCCESS
+    rcs = c._ack(c.subacks, mid, "SUBACK")
+    assert len(rcs) == 1 and rcs[0].is_failure, rcs
+    assert rcs[0].value == (0x87 if c.v5 else 0x80), rcs
+    # The refusal is the filter's alone: the connection goes on.
+    assert c.subscribe("test/subscribe", 2)[0].value == 2
+    c.disconnect()
+
+
 # --- retained messages ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("version", PROTOCOLS)

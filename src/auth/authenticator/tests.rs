@@ -32,6 +32,7 @@ async fn login(
         username: user,
         password: password.as_ref(),
         identity: &PeerIdentity::None,
+        token_method: false,
     })
     .await
 }
@@ -140,6 +141,43 @@ async fn tokens_log_in_until_they_expire() {
     );
 }
 
+async fn token_method_login(auth: &Authenticator, data: Option<&str>) -> Result<Login, Refusal> {
+    let data = data.map(|d| Bytes::copy_from_slice(d.as_bytes()));
+    auth.login(LoginRequest {
+        peer: peer(),
+        username: Some("alice"),
+        password: data.as_ref(),
+        identity: &PeerIdentity::None,
+        token_method: true,
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_jwt_method_takes_only_a_token() {
+    let (dir, _) = setup(false);
+    let key = TestKey::new(JwtAlgorithm::Hs256);
+    let mut config = config(dir.path(), false);
+    config.jwt = key.config.clone();
+    let auth = Authenticator::from_config(&config).unwrap();
+    let token = key.sign(&json!({"sub": "tom", "exp": now() + 60}));
+    let ok = token_method_login(&auth, Some(&token)).await.unwrap();
+    assert_eq!(ok.user.as_deref(), Some("tom"));
+    assert!(ok.expires_at.is_some());
+    // Under the method, Authentication Data is never taken for a password (alice's is
+    // "right"), and a missing one is bad credentials.
+    for data in [Some("right"), Some("eyJ.not.a-token"), None] {
+        let refusal = token_method_login(&auth, data).await.unwrap_err();
+        assert_eq!(refusal.reason_code(), 0x86, "{data:?}");
+    }
+    // Without [auth.jwt] the method cannot log anyone in.
+    let (_dir, no_tokens) = setup(true);
+    let refusal = token_method_login(&no_tokens, Some(&token))
+        .await
+        .unwrap_err();
+    assert_eq!(refusal.reason_code(), 0x86);
+}
+
 #[tokio::test]
 async fn certificate_identity_is_the_user() {
     let (_dir, auth) = setup(false);
@@ -150,6 +188,7 @@ async fn certificate_identity_is_the_user() {
             username: Some("ignored"),
             password: None,
             identity: &identity,
+            token_method: false,
         })
         .await
         .unwrap();
@@ -161,6 +200,7 @@ async fn certificate_identity_is_the_user() {
             username: None,
             password: None,
             identity: &PeerIdentity::MissingCommonName,
+            token_method: false,
         })
         .await
         .unwrap_err();

@@ -46,6 +46,7 @@ async fn context(setup: &Setup, user: Option<&str>, password: &str, client: &str
             username: user,
             password: user.map(|_| &password),
             identity: &PeerIdentity::None,
+            token_method: false,
         })
         .await
         .unwrap();

@@ -176,6 +176,11 @@ fn claims_are_checked() {
         verifier.verify(b"not.a.token").unwrap_err(),
         TokenError::Malformed
     );
+    // An `exp` past what the clock holds is refused, not a panic when the deadline is made.
+    assert_eq!(
+        refused(json!({"sub": "a", "exp": u64::MAX})),
+        TokenError::BadClaim("exp".into())
+    );
 }
 
 #[test]

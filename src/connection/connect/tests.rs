@@ -150,15 +150,19 @@ fn bad_wills_are_refused() {
 }
 
 #[test]
-fn enhanced_authentication_is_refused() {
-    let connect = Connect {
-        authentication_method: Some("SCRAM-SHA-1".to_string()),
+fn only_the_jwt_authentication_method_is_taken() {
+    let method = |name: &str| Connect {
+        authentication_method: Some(name.to_string()),
         ..v5("c")
     };
     assert_eq!(
-        negotiate(&connect, &limits(), 7200)
+        negotiate(&method("SCRAM-SHA-1"), &limits(), 7200)
             .expect_err("refused")
             .code,
         0x8C
     );
+    // The name is case-sensitive, like every UTF-8 string of the protocol.
+    assert!(negotiate(&method("jwt"), &limits(), 7200).is_err());
+    // "JWT" passes here; the token is checked at login.
+    assert!(negotiate(&method("JWT"), &limits(), 7200).is_ok());
 }
