@@ -45,6 +45,8 @@ class Broker:
             'bind = "127.0.0.1:%d"' % self.port,
             "[metrics]",
             'bind = "127.0.0.1:%d"' % self.metrics_port,
+            "[admin]",
+            'bind = "127.0.0.1:0"',
         ]
         limits = dict({"shutdown_drain": "300ms"}, **(limits or {}))
         for section, values in (("limits", limits), ("session", session), ("auth", auth)):

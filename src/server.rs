@@ -1,5 +1,5 @@
-//! Listeners, the accept loop, the connection limit, the metrics endpoint, and graceful
-//! shutdown: stop accepting, tell every connection to finish (v5 clients get DISCONNECT
+//! Listeners, the accept loop, the connection limit, the metrics endpoint, the admin API and
+//! the `$SYS` topics, and graceful shutdown: stop accepting, tell every connection to finish (v5 clients get DISCONNECT
 //! 0x8B after their pending output), wait for them within the drain deadline.
 
 use std::net::SocketAddr;
@@ -39,6 +39,7 @@ pub struct Server {
     broker: Arc<Broker>,
     listeners: Vec<(String, SocketAddr)>,
     metrics_addr: Option<SocketAddr>,
+    admin_addr: Option<SocketAddr>,
     shutdown_tx: watch::Sender<bool>,
     /// Every connection task holds a clone of the sender; all dropped = all finished.
     drained_rx: mpsc::Receiver<()>,
@@ -77,7 +78,7 @@ impl Server {
                 })?;
             let addr = socket.local_addr().ok();
             let mut stop = shutdown_rx.clone();
-            tokio::spawn(crate::metrics::serve(socket, handle, async move {
+            tokio::spawn(crate::metrics::serve(socket, handle.clone(), async move {
                 let _ = crate::server::stopped(&mut stop).await;
             }));
             addr
@@ -86,6 +87,12 @@ impl Server {
         };
 
         let broker = Arc::new(Broker::new(config, auth));
+        let admin_addr = start_admin(&broker, &shutdown_rx).await?;
+        let interval = broker.config.admin.sys_interval;
+        if !interval.is_zero() {
+            let sys = crate::sys::run(broker.clone(), handle, interval, shutdown_rx.clone());
+            tokio::spawn(sys);
+        }
         let (drain_tx, drained_rx) = mpsc::channel(1);
         let mut listeners = Vec::new();
         let mut accept_tasks = Vec::new();
@@ -110,6 +117,7 @@ impl Server {
             broker,
             listeners,
             metrics_addr,
+            admin_addr,
             shutdown_tx,
             drained_rx,
             drain_tx: Some(drain_tx),
@@ -133,6 +141,11 @@ impl Server {
         self.metrics_addr
     }
 
+    /// The admin API's bound address, when `[admin] enabled`.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
     pub fn broker(&self) -> &Arc<Broker> {
         &self.broker
     }
@@ -153,6 +166,40 @@ impl Server {
             tracing::warn!("shutdown: connections still open after the drain deadline");
         }
     }
+}
+
+/// Binds and serves the admin API when `[admin] enabled`; its address.
+async fn start_admin(
+    broker: &Arc<Broker>,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<Option<SocketAddr>, StartError> {
+    let admin = &broker.config.admin;
+    if !admin.enabled {
+        return Ok(None);
+    }
+    let token = admin.token()?;
+    let socket = TcpListener::bind(admin.bind)
+        .await
+        .map_err(|source| StartError::Bind {
+            key: "admin.bind".to_string(),
+            addr: admin.bind,
+            source,
+        })?;
+    let addr = socket.local_addr().ok();
+    let state = Arc::new(crate::admin::AdminState {
+        broker: broker.clone(),
+        token,
+    });
+    let mut stop = shutdown.clone();
+    tokio::spawn(crate::admin::serve(
+        socket,
+        crate::admin::router(state),
+        async move { stopped(&mut stop).await },
+    ));
+    if let Some(addr) = addr {
+        tracing::info!(%addr, "admin API listening");
+    }
+    Ok(addr)
 }
 
 /// Binds an MQTT listener with a deep accept backlog: a reconnect storm should wait in the
@@ -251,23 +298,28 @@ async fn serve_socket(
                         }
                         connection::serve(ctx, tls_stream).await
                     }
-                    Ok(Err(error)) => connection::log_close(
-                        None,
-                        ctx.peer,
-                        CloseReason::IoException,
-                        started,
-                        Some(&format!("TLS handshake failed: {error}")),
-                    ),
-                    Err(_) => connection::log_close(
-                        None,
-                        ctx.peer,
-                        CloseReason::IoException,
-                        started,
-                        Some("TLS handshake timed out"),
-                    ),
+                    Ok(Err(error)) => {
+                        let detail = format!("TLS handshake failed: {error}");
+                        let ended = handshake_failed(&ctx, &detail);
+                        connection::log_close(&ctx.broker, ended, started)
+                    }
+                    Err(_) => {
+                        let ended = handshake_failed(&ctx, "TLS handshake timed out");
+                        connection::log_close(&ctx.broker, ended, started)
+                    }
                 }
             })
             .await
         }
+    }
+}
+
+fn handshake_failed<'a>(ctx: &ConnectionContext, detail: &'a str) -> connection::Ended<'a> {
+    connection::Ended {
+        client_id: None,
+        user: None,
+        peer: ctx.peer,
+        reason: CloseReason::IoException,
+        detail: Some(detail),
     }
 }

@@ -486,7 +486,7 @@ async fn sighup_reloads_users_and_a_broken_file_keeps_the_old_rules() {
     std::fs::write(
         &config,
         format!(
-            "[listeners.tcp]\nbind = \"127.0.0.1:0\"\n[metrics]\nbind = \"127.0.0.1:0\"\n\
+            "[listeners.tcp]\nbind = \"127.0.0.1:0\"\n[metrics]\nbind = \"127.0.0.1:0\"\n[admin]\nbind = \"127.0.0.1:0\"\n\
              [auth]\nallow_anonymous = false\npassword_file = {:?}\nacl_file = {:?}\n",
             passwd.display().to_string(),
             acl.display().to_string()

@@ -18,6 +18,7 @@ pub struct TestBroker {
     server: Option<Server>,
     pub addr: SocketAddr,
     pub metrics: Option<SocketAddr>,
+    pub admin: Option<SocketAddr>,
 }
 
 pub fn test_config() -> Config {
@@ -31,6 +32,7 @@ pub fn test_config() -> Config {
         },
     );
     config.metrics.bind = "127.0.0.1:0".parse().expect("addr");
+    config.admin.bind = "127.0.0.1:0".parse().expect("addr");
     // Tests that leave messages unacknowledged need not wait the production drain.
     config.limits.shutdown_drain = std::time::Duration::from_secs(1);
     config
@@ -46,10 +48,12 @@ pub async fn start_with(change: impl FnOnce(&mut Config)) -> TestBroker {
     let server = Server::start(config).await.expect("broker starts");
     let addr = server.local_addr("tcp").expect("tcp listener");
     let metrics = server.metrics_addr();
+    let admin = server.admin_addr();
     TestBroker {
         server: Some(server),
         addr,
         metrics,
+        admin,
     }
 }
 
