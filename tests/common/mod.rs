@@ -2,6 +2,8 @@
 //! MQTT client for hostile and exact-byte tests, and a metrics scraper.
 #![allow(dead_code)]
 
+pub mod admin;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
