@@ -60,7 +60,8 @@ EXPOSE 1883 8883 9883
 STOPSIGNAL SIGTERM
 # GET /v1/health on the admin API (127.0.0.1:9884 inside the container; no token needed): a
 # probe that opens no MQTT connection, so it is neither logged nor counted as a close.
-# `docker exec CONTAINER brokk ctl sessions` (kick, revoke, closes, ...) uses the same API.
+# `docker exec CONTAINER brokk ctl sessions` (kick, revoke, closes, ...) uses the same API. A
+# configuration with [admin] enabled = false needs `docker run --no-healthcheck` (or its own).
 HEALTHCHECK --interval=15s --timeout=5s --start-period=5s --retries=3 \
   CMD ["brokk", "ctl", "health"]
 ENTRYPOINT ["brokk"]
