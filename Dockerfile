@@ -1,6 +1,7 @@
 # brokk MQTT broker.
 #
-#   docker build -t brokk .
+#   docker build -t brokk .          (or scripts/docker-build, which also works where the build
+#                                     container cannot reach crates.io or pull base images)
 #   docker run -p 1883:1883 -p 9883:9883 brokk
 #
 # Configuration is read from /etc/brokk/broker.toml (the repository's broker.toml); mount your
@@ -11,11 +12,13 @@
 #   RUST_IMAGE, RUNTIME_IMAGE  base images (scripts/docker-base-images makes them locally
 #                              where nothing can be pulled)
 #   CARGO_OFFLINE=1            build from target/docker-vendor (`cargo vendor` output) instead
-#                              of fetching crates from crates.io
+#                              of fetching crates from crates.io (scripts/docker-build decides)
 ARG RUST_IMAGE=rust:1.95-slim-bookworm
 ARG RUNTIME_IMAGE=debian:bookworm-slim
 
 FROM ${RUST_IMAGE} AS build
+# Lets scripts/docker-build find (and remove) untagged images this Dockerfile left behind.
+LABEL org.brokk.stage=build
 ARG CARGO_OFFLINE=
 # Container builds need no debuginfo (the release profile's debug = 1 is for local profiling);
 # this keeps the binary small and the compile shorter.
@@ -47,11 +50,16 @@ RUN touch src/main.rs src/lib.rs && cargo build --release --locked && \
     ./target/release/brokk --config broker.toml --check-config
 
 FROM ${RUNTIME_IMAGE}
+LABEL org.brokk.stage=runtime
 RUN groupadd --system --gid 10001 brokk && \
     useradd --uid 10001 --gid brokk --home-dir /nonexistent --no-create-home \
       --shell /usr/sbin/nologin brokk
 COPY --from=build /build/target/release/brokk /usr/local/bin/brokk
 COPY broker.toml /etc/brokk/broker.toml
+# The durable session store lives in a volume, writable by brokk's user.
+RUN mkdir -p /var/lib/brokk && chown 10001:10001 /var/lib/brokk
+ENV BROKK_STORAGE__PATH=/var/lib/brokk
+VOLUME /var/lib/brokk
 USER 10001:10001
 # MQTT, MQTT over TLS (when [listeners.tls] is configured), Prometheus metrics. The admin API
 # listens on the container's loopback only (bind it to 0.0.0.0 with a token_file to publish it).

@@ -47,6 +47,8 @@ class Broker:
             'bind = "127.0.0.1:%d"' % self.metrics_port,
             "[admin]",
             'bind = "127.0.0.1:0"',
+            "[storage]",
+            'path = "%s"' % os.path.join(self.dir.name, "store"),
         ]
         limits = dict({"shutdown_drain": "300ms"}, **(limits or {}))
         for section, values in (("limits", limits), ("session", session), ("auth", auth)):

@@ -2,7 +2,7 @@
 //! to a v5 client (reason code and, as Reason String, the label), logged once and counted once
 //! in `brokk_connections_closed_total{reason}`.
 
-/// The fixed list of close reasons (labels in CONTRACT.md).
+/// The fixed list of close reasons (labels in the README and docs/close-reasons.md).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum CloseReason {
     /// The peer closed the socket (EOF) without a DISCONNECT.
@@ -55,7 +55,7 @@ pub enum InvalidKind {
 }
 
 impl CloseReason {
-    /// Every reason, in CONTRACT.md order (invalid inbound once, as `Malformed`).
+    /// Every reason, in the documented order (invalid inbound once, as `Malformed`).
     pub const ALL: [CloseReason; 16] = [
         CloseReason::ConnectionLost,
         CloseReason::IoException,

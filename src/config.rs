@@ -1,11 +1,18 @@
 //! broker.toml: typed configuration with defaults, environment overrides and validation.
 
+mod bind;
+mod env;
+mod paths;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+
+pub use bind::{BindAddr, BindAddrError};
+pub use env::NOT_CONFIGURATION as NON_CONFIGURATION_VARIABLES;
 
 /// The shipped broker.toml, compiled in: `brokk` with no `--config` runs on it.
 pub const BUILT_IN: &str = include_str!("../broker.toml");
@@ -18,14 +25,52 @@ pub struct Config {
     pub limits: Limits,
     pub session: SessionConfig,
     pub auth: AuthConfig,
+    pub storage: StorageConfig,
     pub admin: AdminConfig,
     pub log: LogConfig,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StorageBackend {
+    /// The embedded store on disk: persistent sessions and retained messages survive restarts.
+    Disk,
+    /// Nothing survives a restart.
+    Memory,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StorageSync {
+    /// A QoS 1/2 PUBLISH is acknowledged only once it is on disk (fsync).
+    Always,
+    /// The OS writes when it likes: survives `kill -9`, not a power cut.
+    Never,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    pub backend: StorageBackend,
+    /// The store's directory (relative: to the working directory).
+    pub path: PathBuf,
+    pub sync: StorageSync,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            backend: StorageBackend::Disk,
+            path: PathBuf::from("brokk-data"),
+            sync: StorageSync::Always,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
-    pub bind: SocketAddr,
+    pub bind: BindAddr,
     #[serde(default)]
     pub tls: Option<TlsConfig>,
 }
@@ -58,7 +103,7 @@ fn default_handshake_timeout() -> Duration {
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
     pub enabled: bool,
-    pub bind: SocketAddr,
+    pub bind: BindAddr,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -158,7 +203,7 @@ pub struct JwtConfig {
 pub struct AdminConfig {
     /// The HTTP admin API (JSON). The close history and `$SYS` do not depend on it.
     pub enabled: bool,
-    pub bind: SocketAddr,
+    pub bind: BindAddr,
     /// A file holding the bearer token; empty = no token (only allowed on a loopback bind).
     pub token_file: PathBuf,
     /// Closes kept in the close history (the latest ones; 0 = none).
@@ -189,7 +234,7 @@ impl Default for Config {
         listeners.insert(
             "tcp".to_string(),
             ListenerConfig {
-                bind: SocketAddr::from(([0, 0, 0, 0], 1883)),
+                bind: SocketAddr::from(([0, 0, 0, 0], 1883)).into(),
                 tls: None,
             },
         );
@@ -200,6 +245,7 @@ impl Default for Config {
             session: SessionConfig::default(),
             auth: AuthConfig::default(),
             admin: AdminConfig::default(),
+            storage: StorageConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -209,7 +255,7 @@ impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             enabled: true,
-            bind: SocketAddr::from(([127, 0, 0, 1], 9884)),
+            bind: SocketAddr::from(([127, 0, 0, 1], 9884)).into(),
             token_file: PathBuf::new(),
             close_history: 10_000,
             sys_interval: Duration::from_secs(10),
@@ -221,7 +267,7 @@ impl Default for MetricsConfig {
     fn default() -> Self {
         MetricsConfig {
             enabled: true,
-            bind: SocketAddr::from(([0, 0, 0, 0], 9883)),
+            bind: SocketAddr::from(([0, 0, 0, 0], 9883)).into(),
         }
     }
 }
@@ -298,10 +344,15 @@ pub enum ConfigError {
     Load(String),
     #[error("{key}: {why}")]
     Invalid { key: String, why: String },
+    /// A `BROKK_` environment variable that is not an override.
+    #[error("environment variable {var}: {why}")]
+    Env { var: String, why: String },
 }
 
 impl Config {
     /// The built-in file (or `path`), then `BROKK_<SECTION>__<KEY>` overrides, validated.
+    /// Relative file paths in the file are taken relative to its directory; any other
+    /// `BROKK_` variable (bar those in [`NON_CONFIGURATION_VARIABLES`]) is an error.
     ///
     /// Variable names are lowercased, so an override reaches only lowercase listener names:
     /// `BROKK_LISTENERS__TCP__BIND` sets `listeners.tcp.bind`, never `listeners.TCP.bind`.
@@ -311,7 +362,7 @@ impl Config {
 
     /// Parses TOML text alone (no environment), validated. For tests and `--check-config`.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let config = build(text, "the configuration", std::iter::empty())?;
+        let config = build(text, "the configuration", config::Map::new())?;
         config.validate()?;
         Ok(config)
     }
@@ -324,11 +375,11 @@ impl Config {
         if self.listeners.is_empty() {
             return Err(invalid("listeners", "at least one listener is required"));
         }
-        let mut binds: BTreeMap<SocketAddr, &str> = BTreeMap::new();
+        let mut binds: BTreeMap<&BindAddr, &str> = BTreeMap::new();
         for (name, listener) in &self.listeners {
             if listener.bind.port() == 0 {
                 // A free port chosen by the system: never a clash.
-            } else if let Some(other) = binds.insert(listener.bind, name) {
+            } else if let Some(other) = binds.insert(&listener.bind, name) {
                 return Err(invalid(
                     &format!("listeners.{name}.bind"),
                     format!("{} is already used by listeners.{other}", listener.bind),
@@ -400,6 +451,19 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        if self.storage.backend == StorageBackend::Disk && self.storage.path.as_os_str().is_empty()
+        {
+            return Err(invalid(
+                "storage.path",
+                "must not be empty with backend = \"disk\"",
+            ));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&self.log.level) {
+            return Err(invalid(
+                "log.level",
+                format!("{e} (write e.g. \"info\" or \"info,brokk=debug\")"),
+            ));
+        }
         validate_auth(&self.auth)?;
         self.validate_admin()
     }
@@ -434,7 +498,7 @@ impl Config {
         if admin.token_file.as_os_str().is_empty() {
             // Anyone who can reach the API can throw every client out: without a token, only
             // this machine may.
-            if !admin.bind.ip().is_loopback() {
+            if !admin.bind.is_loopback() {
                 return Err(invalid(
                     "admin.token_file",
                     format!(
@@ -592,44 +656,42 @@ fn load_with_env(
     path: Option<&Path>,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<Config, ConfigError> {
+    let env = env::overrides(env)?;
+    let env_names: Vec<String> = env.keys().cloned().collect();
     let config = match path {
         None => build(BUILT_IN, "the built-in configuration", env)?,
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| ConfigError::Load(format!("{}: {e}", path.display())))?;
-            build(&text, &path.display().to_string(), env)?
+            let mut config = build(&text, &path.display().to_string(), env)?;
+            if let Some(dir) = path.parent() {
+                config.resolve_relative_paths(dir, |key| {
+                    env::variable_for(key, &env_names).is_some()
+                });
+            }
+            config
         }
     };
     config.validate()?;
     Ok(config)
 }
 
-const ENV_PREFIX: &str = "BROKK_";
+const ENV_PREFIX: &str = env::PREFIX;
 
-/// Merges the TOML text and the environment overrides into a typed `Config` (not validated).
+/// Merges the TOML text and the environment overrides (from [`env::overrides`]) into a typed
+/// `Config` (not validated).
 fn build(
     text: &str,
     origin: &str,
-    env: impl IntoIterator<Item = (String, String)>,
+    env: config::Map<String, String>,
 ) -> Result<Config, ConfigError> {
-    // Only `BROKK_<SECTION>__<KEY>` names are overrides. Every top-level key is a section, so a
-    // name without `__` cannot be one; it is more likely some other BROKK_ variable (say, one
-    // the CLI reads), and turning it into an "unknown section" error would be hostile.
-    let env: config::Map<String, String> = env
-        .into_iter()
-        .filter(|(name, _)| {
-            name.get(..ENV_PREFIX.len())
-                .is_some_and(|p| p.eq_ignore_ascii_case(ENV_PREFIX))
-                && name[ENV_PREFIX.len()..].contains("__")
-        })
-        .collect();
     // Remembered so an error can say which variable supplied the bad value.
     let env_names: Vec<String> = env.keys().cloned().collect();
     let built = config::Config::builder()
         .add_source(config::File::from_str(text, config::FileFormat::Toml))
         .add_source(
             config::Environment::with_prefix("BROKK")
-                // The prefix is joined by one underscore, levels by two (see CONTRACT.md).
+                // The prefix is joined by one underscore, levels by two (see the README).
                 .prefix_separator("_")
                 .separator("__")
                 .try_parsing(true)
@@ -726,14 +788,13 @@ fn reword(key: &str, why: &str) -> String {
     {
         let expected = match key.rsplit('.').next() {
             Some("queue_full_policy") => " (expected disconnect, drop_oldest or drop_newest)",
+            Some("backend") => " (expected disk or memory)",
+            Some("sync") => " (expected always or never)",
             Some("format") => " (expected text or json)",
             Some("algorithm") => " (expected HS256, RS256 or ES256)",
             _ => "",
         };
         return format!("unknown value \"{value}\"{expected}");
-    }
-    if why == "invalid socket address syntax" {
-        return "invalid address (write e.g. \"0.0.0.0:1883\" or \"[::]:1883\")".to_string();
     }
     why.to_string()
 }
@@ -871,6 +932,10 @@ mod tests {
         );
         let e = error("[listeners.tcp]\nbind = \"localhost\"\n");
         assert!(e.starts_with("listeners.tcp.bind: invalid address"), "{e}");
+        let e = error("[metrics]\nbind = \"0.0.0.0\"\n");
+        assert!(e.starts_with("metrics.bind: invalid address"), "{e}");
+        let e = error("[log]\nlevel = \"loud[\"\n");
+        assert!(e.starts_with("log.level:"), "{e}");
         let e = error("[listeners.tcp]\n");
         assert!(e.starts_with("listeners.tcp.bind: required"), "{e}");
         let e = error("[limits\n");
@@ -885,8 +950,8 @@ mod tests {
             ("BROKK_AUTH__ALLOW_ANONYMOUS", "false"),
             ("BROKK_LIMITS__CONNECT_TIMEOUT", "3s"),
             ("BROKK_LIMITS__QUEUE_FULL_POLICY", "drop_newest"),
-            // Not overrides: no section separator, or another prefix.
-            ("BROKK_CONFIG", "/nonexistent.toml"),
+            // Not overrides: variables of brokk's tools, or another prefix.
+            ("BROKK_ADMIN_URL", "http://127.0.0.1:9884"),
             ("OTHER_LIMITS__MAX_PACKET_SIZE", "1"),
         ]);
         let config = load_with_env(None, vars).unwrap();
@@ -939,6 +1004,59 @@ mod tests {
         // Env values are validated too.
         let e = load_with_env(None, env(&[("BROKK_LIMITS__MAX_PACKET_SIZE", "8")])).unwrap_err();
         assert!(e.to_string().starts_with("limits.max_packet_size:"), "{e}");
+    }
+
+    #[test]
+    fn host_names_are_accepted_in_bind() {
+        let config = Config::from_toml(
+            "[listeners.tcp]\nbind = \"localhost:1883\"\n[metrics]\nbind = \"localhost:9883\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.listeners["tcp"].bind.to_string(), "localhost:1883");
+        let e = error(
+            "[listeners.a]\nbind = \"localhost:1883\"\n[listeners.b]\nbind = \"localhost:1883\"\n",
+        );
+        assert!(
+            e.starts_with("listeners.b.bind: localhost:1883 is already used"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_bad_brokk_variable_is_an_error() {
+        let e = load_with_env(None, env(&[("BROKK_LIMITS_MAX_PACKET_SIZE", "16")])).unwrap_err();
+        assert!(matches!(e, ConfigError::Env { .. }), "{e}");
+        assert!(
+            e.to_string().contains("BROKK_LIMITS__MAX_PACKET_SIZE"),
+            "{e}"
+        );
+    }
+
+    /// The section list behind the environment hint must follow `Config`'s fields.
+    #[test]
+    fn the_section_list_matches_the_config_struct() {
+        let e = error("[nosuchsection]\n");
+        let expected: Vec<String> = env::SECTIONS.iter().map(|s| format!("`{s}`")).collect();
+        assert!(
+            e.ends_with(&format!("(expected one of {})", expected.join(", "))),
+            "update env::SECTIONS: {e}"
+        );
+    }
+
+    #[test]
+    fn relative_paths_in_a_file_are_relative_to_its_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("conf")).unwrap();
+        std::fs::write(dir.path().join("conf/passwd"), "").unwrap();
+        let path = dir.path().join("conf/broker.toml");
+        std::fs::write(&path, "[auth]\npassword_file = \"passwd\"\n").unwrap();
+        let config = load_with_env(Some(&path), Vec::new()).unwrap();
+        assert_eq!(config.auth.password_file, dir.path().join("conf/passwd"));
+        // From the environment: relative to the working directory (the package root under
+        // cargo test), as typed.
+        let vars = env(&[("BROKK_AUTH__PASSWORD_FILE", "Cargo.toml")]);
+        let config = load_with_env(Some(&path), vars).unwrap();
+        assert_eq!(config.auth.password_file, Path::new("Cargo.toml"));
     }
 
     #[test]

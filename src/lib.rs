@@ -14,7 +14,8 @@
 //! - [`admin`]: the HTTP admin API (sessions, kicks, revokes, the close history);
 //!   `ctl`: its command-line client, `brokk ctl`; `sys`: the `$SYS` topics.
 //! - [`history`]: the latest closes, for "why did client X disconnect?".
-//! - [`auth`], [`tls`], [`metrics`]: operations.
+//! - [`auth`], [`tls`], [`metrics`], [`logging`]: operations; [`server::preflight`] loads
+//!   everything a start needs (shared by `--check-config`).
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -25,6 +26,7 @@ pub mod config;
 pub mod connection;
 pub mod ctl;
 pub mod history;
+pub mod logging;
 mod logsafe;
 mod message;
 pub mod metrics;

@@ -2,13 +2,16 @@
 //! SIGHUP reloads the password file, the ACL file and the JWT key.
 
 use std::io::{BufRead, IsTerminal};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use brokk::config::{Config, LogFormat};
-use brokk::server::Server;
+use brokk::config::Config;
+use brokk::server::{Server, StartError};
+
+/// Exit code for a configuration that cannot be used (also from `--check-config`).
+const EXIT_CONFIG: u8 = 2;
 
 #[derive(Parser)]
 #[command(
@@ -18,9 +21,10 @@ use brokk::server::Server;
 )]
 struct Cli {
     /// Configuration file (default: the built-in broker.toml). Every key is optional.
-    #[arg(long, value_name = "PATH", global = true)]
+    #[arg(long, value_name = "PATH")]
     config: Option<PathBuf>,
-    /// Validate the configuration and exit: 0 when valid, 2 (naming the key) when not.
+    /// Load everything the broker would (files, keys, certificates, addresses) without
+    /// listening, then exit: 0 when usable, 2 (naming the key) when not.
     #[arg(long)]
     check_config: bool,
     #[command(subcommand)]
@@ -29,7 +33,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Add or update USER in a password file (password read from stdin when not a TTY).
+    /// Add or update USER in a password file (typed twice at a terminal; otherwise one line
+    /// of stdin).
     Passwd {
         /// Remove USER instead.
         #[arg(long)]
@@ -52,19 +57,22 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(error) => {
             eprintln!("brokk: invalid configuration: {error}");
-            return ExitCode::from(2);
+            return ExitCode::from(EXIT_CONFIG);
         }
     };
     if cli.check_config {
-        // The files [auth] names are read too: a broken ACL should fail here, not at start.
-        if let Err(error) = brokk::auth::AuthState::load(&config.auth, 1) {
-            eprintln!("brokk: invalid configuration: {error}");
-            return ExitCode::from(2);
-        }
-        println!("configuration ok");
-        return ExitCode::SUCCESS;
+        return check_config(&config);
     }
-    init_tracing(&config);
+    brokk::logging::init(&config.log);
+    let source = match &cli.config {
+        Some(path) => path.display().to_string(),
+        None => "built-in".to_string(),
+    };
+    tracing::info!(
+        version = %env!("CARGO_PKG_VERSION"),
+        config = %source,
+        "brokk starting"
+    );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -78,6 +86,23 @@ fn main() -> ExitCode {
     runtime.block_on(run(config))
 }
 
+/// `--check-config`: the same loading as a start, warnings on stderr, no socket bound.
+fn check_config(config: &Config) -> ExitCode {
+    match brokk::server::preflight(config) {
+        Ok(prepared) => {
+            for warning in &prepared.warnings {
+                eprintln!("brokk: warning: {warning}");
+            }
+            println!("configuration ok");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("brokk: invalid configuration: {error}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
 async fn run(config: Config) -> ExitCode {
     // Signal handlers first: a SIGTERM that arrives while the listeners open still means a
     // graceful stop, not the default kill; a SIGHUP, a reload rather than an exit.
@@ -85,15 +110,8 @@ async fn run(config: Config) -> ExitCode {
     let hangups = hangup_signal();
     let server = match Server::start(config).await {
         Ok(server) => server,
-        Err(error) => {
-            tracing::error!(%error, "cannot start");
-            eprintln!("brokk: {error}");
-            return ExitCode::FAILURE;
-        }
+        Err(error) => return start_failed(&error),
     };
-    if let Some(addr) = server.metrics_addr() {
-        tracing::info!(%addr, "metrics at /metrics");
-    }
     let reloader = tokio::spawn(reload_on_hangup(hangups, server.broker().clone()));
     signal.await;
     reloader.abort();
@@ -101,6 +119,18 @@ async fn run(config: Config) -> ExitCode {
     server.shutdown().await;
     tracing::info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// One line on stderr (not a log line as well): exit 2 for what `--check-config` would have
+/// said, 1 for a valid configuration the machine refused (a port in use).
+fn start_failed(error: &StartError) -> ExitCode {
+    if error.is_configuration() {
+        eprintln!("brokk: invalid configuration: {error}");
+        ExitCode::from(EXIT_CONFIG)
+    } else {
+        eprintln!("brokk: cannot start: {error}");
+        ExitCode::FAILURE
+    }
 }
 
 /// Registers SIGTERM and SIGINT now (not at first poll); the returned future resolves on
@@ -175,21 +205,7 @@ async fn reload_on_hangup(
 #[cfg(not(unix))]
 async fn reload_on_hangup(_: Option<()>, _: std::sync::Arc<brokk::broker::Broker>) {}
 
-fn init_tracing(config: &Config) {
-    use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
-    // Colours only for a person at a terminal; logs collected by Docker or CI stay plain.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stdout().is_terminal());
-    match config.log.format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
-}
-
-fn passwd(delete: bool, file: &std::path::Path, user: &str) -> ExitCode {
+fn passwd(delete: bool, file: &Path, user: &str) -> ExitCode {
     if delete {
         return match brokk::auth::passwd_delete(file, user) {
             Ok(true) => ExitCode::SUCCESS,
@@ -203,18 +219,10 @@ fn passwd(delete: bool, file: &std::path::Path, user: &str) -> ExitCode {
             }
         };
     }
-    let stdin = std::io::stdin();
-    // At a terminal the password is typed without echo; otherwise it is one line of stdin.
-    let password = if stdin.is_terminal() {
-        rpassword::prompt_password(format!("Password for {user}: "))
-    } else {
-        let mut line = String::new();
-        stdin.lock().read_line(&mut line).map(|_| line)
-    };
-    let password = match password {
+    let password = match read_password(user) {
         Ok(password) => password,
-        Err(error) => {
-            eprintln!("brokk passwd: cannot read the password: {error}");
+        Err(why) => {
+            eprintln!("brokk passwd: {why}");
             return ExitCode::FAILURE;
         }
     };
@@ -230,4 +238,22 @@ fn passwd(delete: bool, file: &std::path::Path, user: &str) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// At a terminal the password is typed twice without echo (a typo would otherwise lock the
+/// user out); otherwise it is one line of stdin.
+fn read_password(user: &str) -> Result<String, String> {
+    let stdin = std::io::stdin();
+    let cannot = |error: std::io::Error| format!("cannot read the password: {error}");
+    if !stdin.is_terminal() {
+        let mut line = String::new();
+        stdin.lock().read_line(&mut line).map_err(cannot)?;
+        return Ok(line);
+    }
+    let first = rpassword::prompt_password(format!("Password for {user}: ")).map_err(cannot)?;
+    let second = rpassword::prompt_password("Repeat the password: ").map_err(cannot)?;
+    if first != second {
+        return Err("the passwords do not match; nothing changed".to_string());
+    }
+    Ok(first)
 }

@@ -1,7 +1,7 @@
 //! A published application message as the broker routes it: shared (`Arc`) between every
 //! subscriber's queue, so fan-out copies a pointer, not the payload.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,6 +23,9 @@ pub struct Message {
     /// time left (MQTT-3.3.2-6).
     pub properties: Bytes,
     pub expires_at: Option<Instant>,
+    /// Its id in a durable store, given when it is first stored (a message stored for many
+    /// sessions is stored once).
+    pub stored: OnceLock<u64>,
 }
 
 /// What a queued message is charged against a queue's byte limit beyond its payload, topic
@@ -59,6 +62,34 @@ pub struct Delivery {
     /// subscription asked for Retain As Published.
     pub retain: bool,
     pub subscription_identifiers: Vec<u32>,
+    /// Its place in the session's queue (given by the queue).
+    pub seq: u64,
+    /// Whether its queue entry is in the durable store (a QoS 1/2 delivery to a persistent
+    /// session): its acknowledgement is recorded there too.
+    pub persisted: bool,
+    /// Read back from the store where it was in flight: resent with this packet id (PUBLISH
+    /// with DUP, or PUBREL) instead of sent anew.
+    pub resume: Option<(u16, crate::sessions::OutboundState)>,
+}
+
+impl Delivery {
+    /// A delivery of `message` at `qos`, not yet queued.
+    pub fn new(
+        message: Arc<Message>,
+        qos: QoS,
+        retain: bool,
+        subscription_identifiers: Vec<u32>,
+    ) -> Delivery {
+        Delivery {
+            message,
+            qos,
+            retain,
+            subscription_identifiers,
+            seq: 0,
+            persisted: false,
+            resume: None,
+        }
+    }
 }
 
 /// The message a will becomes when it is published (its expiry counted from now).
@@ -75,5 +106,6 @@ pub fn from_will(will: Will) -> Result<Arc<Message>, EncodeError> {
         retain: will.retain,
         properties,
         expires_at,
+        stored: OnceLock::new(),
     }))
 }

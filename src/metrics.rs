@@ -1,5 +1,7 @@
-//! Metric names and help texts in one place (the names are fixed in CONTRACT.md), the
+//! Metric names and help texts in one place (the names are a documented interface: see the README), the
 //! process-wide Prometheus recorder, and the small HTTP server behind `GET /metrics`.
+//!
+//! The process series, `brokk_build_info` and the page's stable order are in `exposition`.
 //!
 //! The exporter's own HTTP listener is not used: [`serve`] takes an already bound socket, so
 //! the broker reports bind errors under `metrics.bind` and tests can bind port 0.
@@ -16,10 +18,14 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use metrics::{counter, describe_counter, describe_gauge, gauge};
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::close::CloseReason;
+
+mod exposition;
+
+pub use exposition::sorted;
 
 pub const CONNECTIONS: &str = "brokk_connections";
 pub const SESSIONS: &str = "brokk_sessions";
@@ -34,9 +40,14 @@ pub const QUEUED_MESSAGES: &str = "brokk_queued_messages";
 pub const RETAINED_MESSAGES: &str = "brokk_retained_messages";
 pub const SUBSCRIPTIONS: &str = "brokk_subscriptions";
 pub const SESSIONS_ENDED: &str = "brokk_sessions_ended_total";
+pub const STORE_FSYNC_SECONDS: &str = "brokk_store_commit_seconds";
+pub const STORE_MESSAGES: &str = "brokk_store_messages";
+pub const STORE_BYTES: &str = "brokk_store_bytes";
+pub const STORE_RECOVERY_SECONDS: &str = "brokk_store_recovery_seconds";
+pub const BUILD_INFO: &str = "brokk_build_info";
 
-/// Every metric name, for tests and tooling.
-pub const ALL: [&str; 13] = [
+/// Every brokk metric name, for tests and tooling (the `process_*` series come on top).
+pub const ALL: [&str; 14] = [
     CONNECTIONS,
     SESSIONS,
     CONNECTIONS_CLOSED,
@@ -50,6 +61,7 @@ pub const ALL: [&str; 13] = [
     RETAINED_MESSAGES,
     SUBSCRIPTIONS,
     SESSIONS_ENDED,
+    BUILD_INFO,
 ];
 
 /// `brokk_sessions{state}` values.
@@ -152,6 +164,19 @@ pub fn describe() {
         SESSIONS_ENDED,
         "Sessions ended, by why (each session ends once, whatever its connections did)."
     );
+    describe_histogram!(
+        STORE_FSYNC_SECONDS,
+        "Durable store: time to write (and fsync) one group of batches, seconds."
+    );
+    describe_gauge!(
+        STORE_MESSAGES,
+        "Durable store: message bodies stored (each once, however many queues refer to it)."
+    );
+    describe_gauge!(STORE_BYTES, "Durable store: bytes on disk.");
+    describe_gauge!(
+        STORE_RECOVERY_SECONDS,
+        "Durable store: how long reading it back took at start, seconds."
+    );
 }
 
 /// Installs the Prometheus recorder process-wide on first call and returns its handle; later
@@ -163,7 +188,15 @@ pub fn install() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let handle = match PrometheusBuilder::new().install_recorder() {
+            // Commit times span fsyncs of tens of microseconds (a fast SSD, or none) to tens of
+            // milliseconds (a busy disk).
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full(STORE_FSYNC_SECONDS.to_string()),
+                    &[0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5],
+                )
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+            let handle = match builder.install_recorder() {
                 Ok(handle) => handle,
                 Err(e) => {
                     // Another recorder owns the process (an embedding application, say). Serve
@@ -174,6 +207,7 @@ pub fn install() -> PrometheusHandle {
             };
             describe();
             initialise();
+            exposition::initialise();
             handle
         })
         .clone()
@@ -283,7 +317,7 @@ fn respond<B>(request: &Request<B>, handle: &PrometheusHandle) -> Response<Full<
     response
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE_TEXT));
-    *response.body_mut() = Full::new(Bytes::from(handle.render()));
+    *response.body_mut() = Full::new(Bytes::from(exposition::render(handle)));
     response
 }
 

@@ -12,6 +12,7 @@ use crate::message::{Delivery, Message};
 use crate::metrics::Stats;
 use crate::router::{RetainedStore, Route, SubscriptionOptions, SubscriptionTable};
 use crate::sessions::queue::{Offer, Queue};
+use crate::sessions::store::Change;
 
 pub type Subscriptions = SubscriptionTable<Arc<Queue>>;
 pub type Retained = RetainedStore<Arc<Message>>;
@@ -63,12 +64,25 @@ impl Routing {
 
     /// Routes a batch of messages from one publisher: retained updates first, then one read
     /// lock of the subscription index for the whole batch. Returns the queues that overflowed.
-    pub fn publish_batch(&self, messages: &[Arc<Message>], publisher: &str) -> Vec<Overflowed> {
+    /// With `changes` (a durable store), what must be stored is added there: retained
+    /// messages, and each delivery a persistent session's queue stored.
+    pub fn publish_batch(
+        &self,
+        messages: &[Arc<Message>],
+        publisher: &str,
+        mut changes: Option<&mut Vec<Change>>,
+    ) -> Vec<Overflowed> {
         if messages.iter().any(|m| m.retain) {
             let mut retained = self.retained_mut();
             for message in messages.iter().filter(|m| m.retain) {
                 // MQTT-3.3.1-10/11: an empty retained payload clears the topic's message.
                 let value = (!message.payload.is_empty()).then(|| message.clone());
+                if let Some(changes) = changes.as_deref_mut() {
+                    changes.push(Change::Retained {
+                        topic: message.topic.clone(),
+                        message: value.clone(),
+                    });
+                }
                 retained.set(&message.topic, value);
             }
             self.stats.retained.set(retained.len() as f64);
@@ -85,14 +99,29 @@ impl Routing {
         let mut overflowed = Vec::new();
         for (index, route) in routes {
             let message = &messages[index];
-            let delivery = Delivery {
-                message: message.clone(),
-                qos: message.qos.min(route.qos),
-                retain: route.retain_as_published && message.retain,
-                subscription_identifiers: route.subscription_identifiers,
-            };
+            let qos = message.qos.min(route.qos);
+            let retain = route.retain_as_published && message.retain;
+            let ids = changes
+                .as_ref()
+                .map(|_| route.subscription_identifiers.clone());
+            let delivery =
+                Delivery::new(message.clone(), qos, retain, route.subscription_identifiers);
             match route.handle.offer(delivery) {
-                Offer::Queued | Offer::NotQueuedOffline | Offer::Closed => {}
+                Offer::Queued { seq, stored: true } => {
+                    if let (Some(changes), Some(subscription_identifiers)) =
+                        (changes.as_deref_mut(), ids)
+                    {
+                        changes.push(Change::Queued {
+                            client_id: route.client_id,
+                            seq,
+                            message: message.clone(),
+                            qos,
+                            retain,
+                            subscription_identifiers,
+                        });
+                    }
+                }
+                Offer::Queued { .. } | Offer::NotQueuedOffline | Offer::Closed => {}
                 Offer::DroppedQueueFull(n) => self.stats.dropped_queue_full.increment(n as u64),
                 Offer::Overflowed => overflowed.push(Overflowed {
                     client_id: route.client_id,
@@ -101,6 +130,13 @@ impl Routing {
             }
         }
         overflowed
+    }
+
+    /// Restores a retained message read back from the store.
+    pub(crate) fn restore_retained(&self, message: Arc<Message>) {
+        let mut retained = self.retained_mut();
+        retained.set(&message.topic.clone(), Some(message));
+        self.stats.retained.set(retained.len() as f64);
     }
 
     /// Adds or replaces a subscription; returns whether it existed.
@@ -202,6 +238,7 @@ mod tests {
             retain: false,
             properties: bytes::Bytes::new(),
             expires_at: None,
+            stored: std::sync::OnceLock::new(),
         })
     }
 
@@ -225,7 +262,11 @@ mod tests {
         routing.subscribe(&id, &new, "t/#", options);
         // ...then the old session's end is processed.
         routing.remove_subscriptions(&id, &["t/#"], &old);
-        assert!(routing.publish_batch(&[message("t/x")], "p").is_empty());
+        assert!(
+            routing
+                .publish_batch(&[message("t/x")], "p", None)
+                .is_empty()
+        );
         assert_eq!(new.len(), 1, "the successor still receives");
     }
 }

@@ -1,6 +1,10 @@
-//! Listeners, the accept loop, the connection limit, the metrics endpoint, the admin API and
-//! the `$SYS` topics, and graceful shutdown: stop accepting, tell every connection to finish (v5 clients get DISCONNECT
-//! 0x8B after their pending output), wait for them within the drain deadline.
+//! Listeners, the accept loop, the connection limit, the metrics endpoint, the admin API, the
+//! `$SYS` topics, and graceful shutdown: stop accepting, tell every connection to finish (v5
+//! clients get DISCONNECT 0x8B after their pending output), wait for them within the drain
+//! deadline.
+
+mod preflight;
+mod warnings;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,27 +15,46 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::auth::{AuthError, Authenticator};
+use crate::auth::AuthError;
 use crate::broker::Broker;
 use crate::close::CloseReason;
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, StorageBackend, StorageConfig, StorageSync};
 use crate::connection::{self, ConnectionContext};
+use crate::sessions::store::{DiskStore, MemoryStore, SessionStore, disk::Sync as DiskSync};
 use crate::tls::TlsError;
+
+pub use preflight::{Prepared, PreparedListener, preflight};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error("storage.path {path}: {why}")]
+    Store { path: String, why: String },
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
     Auth(#[from] AuthError),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error("{key}: cannot resolve {bind}: {source}")]
+    Resolve {
+        key: String,
+        bind: String,
+        source: std::io::Error,
+    },
     #[error("{key}: cannot listen on {addr}: {source}")]
     Bind {
         key: String,
         addr: SocketAddr,
         source: std::io::Error,
     },
+}
+
+impl StartError {
+    /// True when the configuration itself is unusable (what `--check-config` reports), false
+    /// when a valid configuration met the machine (a port already in use, say).
+    pub fn is_configuration(&self) -> bool {
+        !matches!(self, StartError::Bind { .. })
+    }
 }
 
 /// A running broker. Dropping it does not stop it; call [`Server::shutdown`].
@@ -48,46 +71,43 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds every listener (and the metrics endpoint) and starts serving.
+    /// Runs [`preflight`], binds every listener (and the metrics endpoint) and starts serving.
     pub async fn start(config: Config) -> Result<Server, StartError> {
-        config.validate()?;
-        let auth = Authenticator::from_config(&config.auth)?;
+        let Prepared {
+            auth,
+            listeners: prepared,
+            metrics,
+            admin,
+            warnings,
+        } = preflight(&config)?;
+        for warning in &warnings {
+            tracing::warn!("{warning}");
+        }
         let mut acceptors = Vec::new();
-        for (name, listener) in &config.listeners {
-            let tls = match &listener.tls {
-                Some(tls) => Some(crate::tls::listener(name, tls)?),
-                None => None,
-            };
-            let socket = bind_listener(listener.bind).map_err(|source| StartError::Bind {
-                key: format!("listeners.{name}.bind"),
-                addr: listener.bind,
-                source,
-            })?;
-            acceptors.push((name.clone(), socket, tls));
+        for listener in prepared {
+            let key = format!("listeners.{}.bind", listener.name);
+            for socket in bind_all(&key, &listener.addrs, LISTEN_BACKLOG)? {
+                acceptors.push((listener.name.clone(), socket, listener.tls.clone()));
+            }
         }
         let handle = crate::metrics::install();
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let metrics_addr = if config.metrics.enabled {
-            let bind = config.metrics.bind;
-            let socket = TcpListener::bind(bind)
-                .await
-                .map_err(|source| StartError::Bind {
-                    key: "metrics.bind".to_string(),
-                    addr: bind,
-                    source,
-                })?;
-            let addr = socket.local_addr().ok();
+        let mut metrics_addr = None;
+        for socket in bind_all("metrics.bind", metrics.as_deref().unwrap_or_default(), 128)? {
+            metrics_addr = metrics_addr.or(socket.local_addr().ok());
+            if let Ok(addr) = socket.local_addr() {
+                tracing::info!(%addr, "metrics at /metrics");
+            }
             let mut stop = shutdown_rx.clone();
             tokio::spawn(crate::metrics::serve(socket, handle.clone(), async move {
                 let _ = crate::server::stopped(&mut stop).await;
             }));
-            addr
-        } else {
-            None
-        };
+        }
 
-        let broker = Arc::new(Broker::new(config, auth));
-        let admin_addr = start_admin(&broker, &shutdown_rx).await?;
+        let store = open_store(&config.storage).await?;
+        let broker = Arc::new(Broker::with_store(config, auth, store.clone()));
+        restore(&broker, store).await?;
+        let admin_addr = start_admin(&broker, admin.as_deref(), &shutdown_rx)?;
         let interval = broker.config.admin.sys_interval;
         if !interval.is_zero() {
             let sys = crate::sys::run(broker.clone(), handle, interval, shutdown_rx.clone());
@@ -165,46 +185,136 @@ impl Server {
         {
             tracing::warn!("shutdown: connections still open after the drain deadline");
         }
+        // What the last connections changed is written before the process goes.
+        let store = self.broker.sessions.store().clone();
+        if tokio::task::spawn_blocking(move || store.close())
+            .await
+            .is_err()
+        {
+            tracing::error!("the store did not close cleanly");
+        }
     }
 }
 
-/// Binds and serves the admin API when `[admin] enabled`; its address.
-async fn start_admin(
+/// Binds and serves the admin API when `[admin] enabled` (`addrs`: its resolved bind); the
+/// first bound address.
+fn start_admin(
     broker: &Arc<Broker>,
+    addrs: Option<&[SocketAddr]>,
     shutdown: &watch::Receiver<bool>,
 ) -> Result<Option<SocketAddr>, StartError> {
-    let admin = &broker.config.admin;
-    if !admin.enabled {
+    let Some(addrs) = addrs else {
         return Ok(None);
-    }
-    let token = admin.token()?;
-    let socket = TcpListener::bind(admin.bind)
-        .await
-        .map_err(|source| StartError::Bind {
-            key: "admin.bind".to_string(),
-            addr: admin.bind,
-            source,
-        })?;
-    let addr = socket.local_addr().ok();
+    };
     let state = Arc::new(crate::admin::AdminState {
         broker: broker.clone(),
-        token,
+        token: broker.config.admin.token()?,
     });
-    let mut stop = shutdown.clone();
-    tokio::spawn(crate::admin::serve(
-        socket,
-        crate::admin::router(state),
-        async move { stopped(&mut stop).await },
-    ));
-    if let Some(addr) = addr {
-        tracing::info!(%addr, "admin API listening");
+    let router = crate::admin::router(state);
+    let mut first = None;
+    for socket in bind_all("admin.bind", addrs, 128)? {
+        if let Ok(addr) = socket.local_addr() {
+            first = first.or(Some(addr));
+            tracing::info!(%addr, "admin API listening");
+        }
+        let mut stop = shutdown.clone();
+        tokio::spawn(crate::admin::serve(socket, router.clone(), async move {
+            stopped(&mut stop).await
+        }));
     }
-    Ok(addr)
+    Ok(first)
 }
 
-/// Binds an MQTT listener with a deep accept backlog: a reconnect storm should wait in the
-/// queue, not lose SYNs and retry a second later (the default backlog of 128 did).
-fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+/// The store `[storage]` asks for: on disk (opened, or created), or in memory.
+async fn open_store(storage: &StorageConfig) -> Result<Arc<dyn SessionStore>, StartError> {
+    if storage.backend == StorageBackend::Memory {
+        return Ok(Arc::new(MemoryStore));
+    }
+    let (path, sync) = (storage.path.clone(), storage.sync);
+    let opened = tokio::task::spawn_blocking(move || {
+        let sync = match sync {
+            StorageSync::Always => DiskSync::Always,
+            StorageSync::Never => DiskSync::Never,
+        };
+        DiskStore::open(&path, sync)
+    })
+    .await;
+    match opened {
+        Ok(Ok(store)) => Ok(Arc::new(store)),
+        Ok(Err(error)) => Err(StartError::Store {
+            path: storage.path.display().to_string(),
+            why: error.to_string(),
+        }),
+        Err(error) => Err(StartError::Store {
+            path: storage.path.display().to_string(),
+            why: error.to_string(),
+        }),
+    }
+}
+
+/// Reads the store back and puts its sessions, retained messages and revoked users in place
+/// before any client is served.
+async fn restore(broker: &Arc<Broker>, store: Arc<dyn SessionStore>) -> Result<(), StartError> {
+    if !store.durable() {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    let recovered = tokio::task::spawn_blocking(move || store.recover())
+        .await
+        .map_err(|e| StartError::Store {
+            path: broker.config.storage.path.display().to_string(),
+            why: e.to_string(),
+        })?
+        .map_err(|e| StartError::Store {
+            path: broker.config.storage.path.display().to_string(),
+            why: e.to_string(),
+        })?;
+    let restored = broker.sessions.restore(recovered);
+    tracing::info!(
+        path = %broker.config.storage.path.display(),
+        sessions = restored.sessions,
+        queued = restored.queued,
+        retained = restored.retained,
+        lost = restored.lost,
+        revoked = restored.revoked.len(),
+        ms = started.elapsed().as_millis() as u64,
+        "store recovered"
+    );
+    Ok(())
+}
+
+/// MQTT listeners get a deep accept backlog: a reconnect storm should wait in the queue, not
+/// lose SYNs and retry a second later (the default backlog of 128 did).
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds every address of one `bind` key. A host name may stand for addresses this machine
+/// cannot use (`::1` where IPv6 is off): those are skipped with a warning as long as one
+/// address binds; when none does, the first error is the answer.
+fn bind_all(key: &str, addrs: &[SocketAddr], backlog: u32) -> Result<Vec<TcpListener>, StartError> {
+    let mut bound = Vec::new();
+    let mut first_error = None;
+    for &addr in addrs {
+        match bind_socket(addr, backlog) {
+            Ok(socket) => bound.push(socket),
+            Err(source) => {
+                if addrs.len() > 1 {
+                    tracing::warn!(key, %addr, error = %source, "cannot listen on one address of a host name");
+                }
+                first_error.get_or_insert(StartError::Bind {
+                    key: key.to_string(),
+                    addr,
+                    source,
+                });
+            }
+        }
+    }
+    match first_error {
+        Some(error) if bound.is_empty() => Err(error),
+        _ => Ok(bound),
+    }
+}
+
+fn bind_socket(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
@@ -212,7 +322,7 @@ fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
     };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
-    socket.listen(4096)
+    socket.listen(backlog)
 }
 
 /// Resolves once shutdown is signalled (or the signal's sender is gone). Returns `()` so no
@@ -299,7 +409,7 @@ async fn serve_socket(
                         connection::serve(ctx, tls_stream).await
                     }
                     Ok(Err(error)) => {
-                        let detail = format!("TLS handshake failed: {error}");
+                        let detail = crate::tls::handshake_failure(&error);
                         let ended = handshake_failed(&ctx, &detail);
                         connection::log_close(&ctx.broker, ended, started)
                     }

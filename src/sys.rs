@@ -65,6 +65,7 @@ fn retained(topic: &str, payload: String) -> Arc<Message> {
         retain: true,
         properties: Bytes::new(),
         expires_at: None,
+        stored: Default::default(),
     })
 }
 

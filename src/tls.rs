@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use tokio_rustls::rustls;
-use tokio_rustls::rustls::pki_types::pem::{self, PemObject};
+use tokio_rustls::rustls::pki_types::pem::{self, PemObject, SectionKind};
 use tokio_rustls::rustls::pki_types::{
     CertificateDer, CertificateRevocationListDer, PrivateKeyDer,
 };
@@ -87,6 +87,29 @@ fn read(listener: &str, field: &str, path: &Path) -> Result<Vec<u8>, TlsError> {
     })
 }
 
+/// What a PEM file holds instead of the expected item, for an error that says what to do.
+fn instead(pem: &[u8], path: &Path, wanted: &str) -> String {
+    let kinds: Vec<SectionKind> = <(SectionKind, Vec<u8>)>::pem_slice_iter(pem)
+        .filter_map(|section| section.ok().map(|(kind, _)| kind))
+        .collect();
+    let path = path.display();
+    let has = |kind: SectionKind| kinds.contains(&kind);
+    if has(SectionKind::Csr) {
+        format!(
+            "{path} is a certificate signing request (CSR), not a certificate: have it signed              by a CA first (scripts/make-certs does the whole set)"
+        )
+    } else if has(SectionKind::PrivateKey)
+        || has(SectionKind::RsaPrivateKey)
+        || has(SectionKind::EcPrivateKey)
+    {
+        format!("{path} holds a private key, no {wanted}")
+    } else if has(SectionKind::Certificate) {
+        format!("{path} holds a certificate, no {wanted}")
+    } else {
+        format!("no {wanted} found in {path}")
+    }
+}
+
 /// All certificates in a PEM file; at least one.
 fn load_certs(
     listener: &str,
@@ -101,7 +124,7 @@ fn load_certs(
         return Err(key_error(
             listener,
             field,
-            format!("no certificate found in {}", path.display()),
+            instead(&pem, path, "certificate"),
         ));
     }
     Ok(certs)
@@ -131,17 +154,64 @@ fn load_key(listener: &str, path: &Path) -> Result<PrivateKeyDer<'static>, TlsEr
     let pem = read(listener, "key", path)?;
     PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
         let why = match e {
-            pem::Error::NoItemsFound => format!("no private key found in {}", path.display()),
+            pem::Error::NoItemsFound => instead(&pem, path, "private key"),
             e => format!("{}: bad PEM: {e}", path.display()),
         };
         key_error(listener, "key", why)
     })
 }
 
+/// The server certificate must parse as an X.509 v3 end-entity certificate, the only kind
+/// rustls serves; checked here so the error names `cert`, not the key.
+fn check_server_cert(
+    listener: &str,
+    path: &Path,
+    cert: &CertificateDer<'_>,
+) -> Result<(), TlsError> {
+    webpki::EndEntityCert::try_from(cert)
+        .map(|_| ())
+        .map_err(|e| {
+            let why = match e {
+                webpki::Error::UnsupportedCertVersion => format!(
+                    "{} is an X.509 v1 certificate; reissue it as v3 (see scripts/make-certs)",
+                    path.display()
+                ),
+                e => format!("{}: not a usable certificate: {e:?}", path.display()),
+            };
+            key_error(listener, "cert", why)
+        })
+}
+
+/// The close detail for a failed TLS handshake. A client certificate in X.509 v1 (what
+/// `openssl x509 -req` makes without extensions) is refused by the verifier, which accepts
+/// only v3: that case gets a sentence the operator can act on.
+pub fn handshake_failure(error: &std::io::Error) -> String {
+    let v1 = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|e| match e {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other)) => {
+                matches!(
+                    other.0.downcast_ref::<webpki::Error>(),
+                    Some(webpki::Error::UnsupportedCertVersion)
+                )
+            }
+            _ => false,
+        });
+    if v1 {
+        "TLS handshake failed: client certificate is X.509 v1; reissue it as v3, see README \
+         (UnsupportedCertVersion)"
+            .to_string()
+    } else {
+        format!("TLS handshake failed: {error}")
+    }
+}
+
 /// Builds the acceptor for one listener (ring provider; client certificates required when
 /// `client_ca` is set).
 pub fn acceptor(listener: &str, config: &TlsConfig) -> Result<tokio_rustls::TlsAcceptor, TlsError> {
     let certs = load_certs(listener, "cert", &config.cert)?;
+    check_server_cert(listener, &config.cert, &certs[0])?;
     let key = load_key(listener, &config.key)?;
 
     let builder = rustls::ServerConfig::builder_with_provider(provider())
@@ -178,15 +248,14 @@ pub fn acceptor(listener: &str, config: &TlsConfig) -> Result<tokio_rustls::TlsA
     };
     // with_single_cert also checks that the key belongs to the certificate.
     let server = builder.with_single_cert(certs, key).map_err(|e| {
-        key_error(
-            listener,
-            "key",
-            format!(
-                "{} does not fit {}: {e}",
-                config.key.display(),
-                config.cert.display()
-            ),
-        )
+        let (key, cert) = (config.key.display(), config.cert.display());
+        let why = match e {
+            rustls::Error::InconsistentKeys(_) => {
+                format!("{key} is not the private key of the certificate in {cert}")
+            }
+            e => format!("{key} cannot be used with {cert}: {e}"),
+        };
+        key_error(listener, "key", why)
     })?;
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(server)))
 }
@@ -368,17 +437,42 @@ pub(crate) mod tests {
         // A key file holds no certificate.
         config.cert = pki.path("server.key");
         let e = acceptor("s", &config).err().unwrap().to_string();
+        assert!(e.starts_with("listeners.s.tls.cert: "), "{e}");
+        assert!(
+            e.ends_with("server.key holds a private key, no certificate"),
+            "{e}"
+        );
+
+        // A certificate signing request where the certificate belongs.
+        let csr_key = KeyPair::generate().unwrap();
+        let csr = CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .serialize_request(&csr_key)
+            .unwrap();
+        std::fs::write(pki.path("server.csr"), csr.pem().unwrap()).unwrap();
+        config.cert = pki.path("server.csr");
+        let e = acceptor("s", &config).err().unwrap().to_string();
+        assert!(e.starts_with("listeners.s.tls.cert: "), "{e}");
+        assert!(
+            e.contains("server.csr is a certificate signing request (CSR), not a certificate"),
+            "{e}"
+        );
+
+        // Not PEM at all.
+        std::fs::write(pki.path("garbage.pem"), "hello\n").unwrap();
+        config.cert = pki.path("garbage.pem");
+        let e = acceptor("s", &config).err().unwrap().to_string();
         assert!(
             e.starts_with("listeners.s.tls.cert: no certificate found in "),
             "{e}"
         );
-        assert!(e.contains("server.key"), "{e}");
 
         config = pki.server_config(false);
         config.key = pki.path("server.pem");
         let e = acceptor("s", &config).err().unwrap().to_string();
+        assert!(e.starts_with("listeners.s.tls.key: "), "{e}");
         assert!(
-            e.starts_with("listeners.s.tls.key: no private key found in "),
+            e.ends_with("server.pem holds a certificate, no private key"),
             "{e}"
         );
 
@@ -391,6 +485,10 @@ pub(crate) mod tests {
         config.key = pki.path("other.key");
         let e = acceptor("s", &config).err().unwrap().to_string();
         assert!(e.starts_with("listeners.s.tls.key:"), "{e}");
+        assert!(
+            e.contains("other.key is not the private key of the certificate in "),
+            "{e}"
+        );
 
         config = pki.server_config(true);
         std::fs::write(pki.path("empty.pem"), "").unwrap();

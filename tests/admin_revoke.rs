@@ -158,3 +158,33 @@ async fn a_revoked_user_is_closed_refused_and_restored() {
         0
     );
 }
+
+/// The revoked set is stored with the sessions: after a `kill -9` and a restart on the same
+/// disk store, the user is still refused until restored.
+#[tokio::test]
+async fn a_revoke_survives_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let passwd = dir.path().join("passwd");
+    brokk::auth::passwd_set(&passwd, "alice", "pw-alice").expect("passwd");
+    let sections = format!(
+        "{ADMIN}[storage]\nbackend = \"disk\"\npath = \"store\"\nsync = \"always\"\n\
+         [auth]\nallow_anonymous = false\npassword_file = {:?}\n",
+        passwd.display().to_string()
+    );
+    let b = Binary::start_in(dir, &sections);
+    let out = b.ctl(&["revoke", "alice"]).await;
+    assert!(out.status.success(), "{out:?}");
+    // Listening means the store was read back.
+    let b = Binary::start_in(b.kill(), &sections);
+    assert_eq!(
+        b.ctl_json(&["revoked"]).await["users"],
+        serde_json::json!(["alice"])
+    );
+    let (_, ack) = Raw::connect(b.mqtt, login(Version::V5, "alice-5", "alice")).await;
+    assert_eq!(ack.reason_code, 0x87, "still refused after the restart");
+    let out = b.ctl(&["restore", "alice"]).await;
+    assert!(out.status.success(), "{out:?}");
+    let b = Binary::start_in(b.kill(), &sections);
+    let (_, ack) = Raw::connect(b.mqtt, login(Version::V5, "alice-5", "alice")).await;
+    assert_eq!(ack.reason_code, 0, "the restore is stored too");
+}

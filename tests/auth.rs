@@ -408,7 +408,7 @@ async fn a_wrong_password_flood_stays_bounded_and_others_still_get_in() {
     broker.stop().await;
 }
 
-/// The binary on a config file, its stdout lines on a channel.
+/// The binary on a config file, its log lines (stderr) on a channel.
 struct Binary {
     child: std::process::Child,
     lines: std::sync::mpsc::Receiver<String>,
@@ -420,12 +420,13 @@ impl Binary {
         let mut child = Command::new(env!("CARGO_BIN_EXE_brokk"))
             .arg("--config")
             .arg(config)
+            .env("BROKK_STORAGE__BACKEND", "memory")
             .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("brokk starts");
-        let stdout = child.stdout.take().expect("stdout");
+        let stdout = child.stderr.take().expect("stderr");
         let (tx, lines) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {

@@ -9,14 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use brokk::config::{ListenerConfig, TlsConfig};
-use brokk::protocol::{self, Packet, Publish, QoS, Version};
-use bytes::{Bytes, BytesMut};
+use brokk::protocol::{Packet, Publish, QoS, Version};
+use bytes::Bytes;
+use common::tls::mqtt_over_tls;
 use common::*;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_rustls::rustls;
-use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 /// Test certificates made at test time (never committed): a CA, a server certificate for
 /// localhost and a client certificate.
@@ -55,67 +52,8 @@ fn test_certs() -> TestCerts {
 }
 
 fn tls_client(certs: &TestCerts, with_cert: bool) -> tokio_rustls::TlsConnector {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for ca in CertificateDer::pem_slice_iter(certs.ca.as_bytes()) {
-        roots.add(ca.expect("ca")).expect("root");
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots);
-    let config = if with_cert {
-        let chain = CertificateDer::pem_slice_iter(certs.client_cert.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .expect("chain");
-        let key = PrivateKeyDer::from_pem_slice(certs.client_key.as_bytes()).expect("key");
-        builder
-            .with_client_auth_cert(chain, key)
-            .expect("client auth")
-    } else {
-        builder.with_no_client_auth()
-    };
-    tokio_rustls::TlsConnector::from(Arc::new(config))
-}
-
-/// CONNECT over TLS; the CONNACK's reason code, or the error that stopped it.
-async fn mqtt_over_tls(
-    addr: std::net::SocketAddr,
-    connector: tokio_rustls::TlsConnector,
-) -> Result<u8, String> {
-    let socket = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| e.to_string())?;
-    let name = ServerName::try_from("localhost").expect("name");
-    let mut tls = connector
-        .connect(name, socket)
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut out = BytesMut::new();
-    protocol::encode(
-        &Packet::Connect(Box::new(connect_packet(Version::V5, "tls"))),
-        Version::V5,
-        &mut out,
-    )
-    .expect("encode");
-    tls.write_all(&out).await.map_err(|e| e.to_string())?;
-    let mut buf = BytesMut::new();
-    loop {
-        if let Some(packet) =
-            protocol::decode(&mut buf, Some(Version::V5), 1 << 20).map_err(|e| e.to_string())?
-        {
-            return match packet {
-                Packet::ConnAck(c) => Ok(c.reason_code),
-                other => Err(format!("unexpected {other:?}")),
-            };
-        }
-        // In TLS 1.3 a refused client certificate surfaces on the first read.
-        match tls.read_buf(&mut buf).await {
-            Ok(0) => return Err("closed".to_string()),
-            Ok(_) => {}
-            Err(e) => return Err(e.to_string()),
-        }
-    }
+    let client = with_cert.then_some((certs.client_cert.as_str(), certs.client_key.as_str()));
+    common::tls::connector(&certs.ca, client)
 }
 
 #[tokio::test]
@@ -296,15 +234,17 @@ async fn shutdown_drains_in_flight_messages_before_0x8b() {
 #[tokio::test]
 async fn sigterm_disconnects_with_0x8b_and_exits_0() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_brokk"))
+        .env("BROKK_STORAGE__BACKEND", "memory")
         .env("BROKK_LISTENERS__TCP__BIND", "127.0.0.1:0")
         .env("BROKK_METRICS__BIND", "127.0.0.1:0")
         .env("BROKK_ADMIN__BIND", "127.0.0.1:0")
         .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("brokk starts");
-    let stdout = child.stdout.take().expect("stdout");
+    // Logs go to stderr.
+    let stdout = child.stderr.take().expect("stderr");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {

@@ -36,7 +36,7 @@ pub async fn restore(
     state
         .broker
         .sessions
-        .restore(&user)
+        .restore_user(&user)
         .await
         .map_err(|error| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()))?;
     Ok(StatusCode::NO_CONTENT)

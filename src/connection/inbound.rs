@@ -181,6 +181,7 @@ impl Connection {
                 retain: publish.retain,
                 properties,
                 expires_at,
+                stored: std::sync::OnceLock::new(),
             }));
         }
         match publish.qos {
@@ -316,15 +317,18 @@ impl Connection {
                 dropped += retained.count_matching(&filter) - messages.len();
             }
             for message in messages.drain(..) {
-                let delivery = Delivery {
-                    qos: message.qos.min(qos),
-                    message,
-                    // MQTT-3.3.1-8: retained messages sent on subscribe keep RETAIN 1.
-                    retain: true,
-                    subscription_identifiers: id.into_iter().collect(),
-                };
+                // MQTT-3.3.1-8: retained messages sent on subscribe keep RETAIN 1.
+                let qos = message.qos.min(qos);
+                let ids: Vec<u32> = id.into_iter().collect();
+                let delivery = Delivery::new(message.clone(), qos, true, ids.clone());
                 match self.lease.queue().offer(delivery) {
-                    Offer::Queued | Offer::NotQueuedOffline => {}
+                    Offer::Queued { seq, stored: true } => {
+                        let mut stored = Delivery::new(message, qos, true, ids);
+                        stored.seq = seq;
+                        stored.persisted = true;
+                        self.lease.record_queued(&stored);
+                    }
+                    Offer::Queued { .. } | Offer::NotQueuedOffline => {}
                     Offer::DroppedQueueFull(n) => dropped += n,
                     // The connection closes with message_queue_limit_reached.
                     Offer::Overflowed | Offer::Closed => return,

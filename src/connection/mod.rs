@@ -10,7 +10,7 @@
 //! 4. `close`: the v5 DISCONNECT that says why, the session handed back, the close logged
 //!    and counted once.
 //!
-//! Every way out carries exactly one [`Close`]: a [`CloseReason`] and, where it helps, a
+//! Every way out carries exactly one `Close`: a [`CloseReason`] and, where it helps, a
 //! detail for the log (an I/O error's cause, how long output went unread).
 
 mod close;

@@ -148,9 +148,13 @@ impl Connection {
 
     /// Encodes one delivery into `out`; the QoS it went at, or `None` if it was dropped.
     fn deliver(&mut self, delivery: Delivery, out: &mut OutBuf) -> Option<QoS> {
+        if let Some((packet_id, state)) = delivery.resume {
+            return Some(self.resume(packet_id, state, delivery, out));
+        }
         let stats = &self.broker.stats;
         if delivery.message.is_expired(Instant::now()) {
             stats.dropped_expired.increment(1);
+            self.lease.state_mut().discard(&delivery);
             return None;
         }
         // The client's Maximum Packet Size (MQTT-3.1.2-24), measured without an alias: the
@@ -159,13 +163,14 @@ impl Connection {
             let size = self.outgoing(&delivery, 1, false).len(self.version);
             if size.unwrap_or(usize::MAX) > limit as usize {
                 stats.dropped_too_large.increment(1);
+                self.lease.state_mut().discard(&delivery);
                 return None;
             }
         }
         let packet_id = if delivery.qos == QoS::AtMostOnce {
             0
         } else {
-            self.lease.state_mut().allocate_packet_id()?
+            self.lease.state_mut().allocate_packet_id(delivery.seq)?
         };
         let alias = self.topic_alias(&delivery.message.topic);
         let mut outgoing = self.outgoing(&delivery, packet_id, false);
@@ -178,8 +183,34 @@ impl Connection {
         self.write_publish(&outgoing, &delivery.message.payload, out);
         let qos = delivery.qos;
         if qos != QoS::AtMostOnce {
-            self.lease.state_mut().push_inflight(packet_id, delivery);
+            self.lease
+                .state_mut()
+                .push_inflight(packet_id, delivery, None);
         }
         Some(qos)
+    }
+
+    /// A delivery read back from the store where it was in flight: it goes again with the
+    /// packet id it had, as PUBLISH with DUP, or as PUBREL (MQTT-4.4.0-1).
+    fn resume(
+        &mut self,
+        packet_id: u16,
+        state: OutboundState,
+        delivery: Delivery,
+        out: &mut OutBuf,
+    ) -> QoS {
+        let qos = delivery.qos;
+        if state == OutboundState::AwaitingPubComp {
+            if let Err(reason) = self.send(&Packet::PubRel(Ack::success(packet_id)), out) {
+                tracing::error!(client_id = %LogId(&self.client_id), %reason, "PUBREL not resent");
+            }
+        } else {
+            let outgoing = self.outgoing(&delivery, packet_id, true);
+            self.write_publish(&outgoing, &delivery.message.payload, out);
+        }
+        self.lease
+            .state_mut()
+            .push_inflight(packet_id, delivery, Some(state));
+        qos
     }
 }

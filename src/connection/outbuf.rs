@@ -65,6 +65,30 @@ impl OutBuf {
         self.chunks.push_back(payload.clone());
     }
 
+    /// Moves everything `other` holds after what this holds (output that waited for a commit).
+    pub fn append(&mut self, other: &mut OutBuf) {
+        if other.is_empty() {
+            return;
+        }
+        if self.is_empty() {
+            std::mem::swap(self, other);
+            return;
+        }
+        if !self.tail.is_empty() {
+            let head = self.tail.split().freeze();
+            self.chunks_len += head.len();
+            self.chunks.push_back(head);
+        }
+        self.chunks_len += other.chunks_len;
+        self.chunks.append(&mut other.chunks);
+        other.chunks_len = 0;
+        if !other.tail.is_empty() {
+            let tail = other.tail.split().freeze();
+            self.chunks_len += tail.len();
+            self.chunks.push_back(tail);
+        }
+    }
+
     /// Writes what it can in one vectored write; returns how many bytes went.
     pub async fn write_to<W: AsyncWrite + Unpin>(
         &mut self,
@@ -149,6 +173,25 @@ mod tests {
         assert_eq!(out.len(), 2);
         out.advance(2);
         assert!(out.is_empty());
+    }
+
+    #[tokio::test]
+    async fn appended_output_follows_in_order() {
+        let mut out = OutBuf::new();
+        out.buf().extend_from_slice(b"a");
+        let mut held = OutBuf::new();
+        held.buf().extend_from_slice(b"b");
+        held.put_payload(&Bytes::from(vec![b'c'; 5000]));
+        held.buf().extend_from_slice(b"d");
+        out.append(&mut held);
+        assert!(held.is_empty());
+        out.buf().extend_from_slice(b"e");
+        let mut sink = Vec::new();
+        out.flush_to(&mut sink).await.unwrap();
+        let mut expected = b"ab".to_vec();
+        expected.extend(vec![b'c'; 5000]);
+        expected.extend_from_slice(b"de");
+        assert_eq!(sink, expected);
     }
 
     #[test]

@@ -15,11 +15,13 @@ use crate::broker::Broker;
 use crate::close::CloseReason;
 use crate::message::{Delivery, Message};
 use crate::protocol::Version;
+use crate::sessions::store::{Commit, Load, LoadedQueue, StoreError};
 use crate::sessions::{Control, Lease};
 
 use super::connect::{Negotiated, keep_alive_deadline};
 use super::io::{Io, READ_BURST};
 use super::outbound::WRITE_HIGH_WATER;
+use super::outbuf::OutBuf;
 use super::{Close, ConnectionContext};
 
 /// A connected client: the session's lease and what the connection negotiated.
@@ -48,6 +50,63 @@ pub(super) struct Connection {
     /// A v5 DISCONNECT with 0x04 asked for the will.
     pub will_on_close: bool,
     pub scratch: Vec<Delivery>,
+    /// What only a session in a durable store needs (allocated when first needed: most
+    /// connections never do).
+    pub durable: Option<Box<Durable>>,
+}
+
+/// Output held for a commit, and stored backlog being read.
+#[derive(Default)]
+pub(super) struct Durable {
+    /// Output waiting for `pending`: acknowledgements of what must be on disk first.
+    held: OutBuf,
+    /// The commit the held output waits for (a later one implies the earlier: commits
+    /// complete in order).
+    pending: Option<Commit>,
+    /// A piece of the session's stored backlog being read.
+    loading: Option<Load>,
+}
+
+/// Stored backlog: read more when fewer than this many deliveries are in memory...
+const LOAD_LOW_WATER: usize = 64;
+/// ...this many at a time.
+const LOAD_BATCH: usize = 256;
+
+enum DurableEvent {
+    Committed(Result<(), StoreError>),
+    Loaded(Result<LoadedQueue, StoreError>),
+}
+
+/// The next of a held commit completing or a backlog piece arriving (never, when neither is
+/// awaited). The slot it came from is emptied.
+async fn durable_event(durable: &mut Option<Box<Durable>>) -> DurableEvent {
+    let Some(durable) = durable else {
+        return std::future::pending().await;
+    };
+    let Durable {
+        pending, loading, ..
+    } = &mut **durable;
+    let event = std::future::poll_fn(|cx| {
+        use std::future::Future;
+        use std::task::Poll;
+        if let Some(commit) = pending
+            && let Poll::Ready(result) = std::pin::Pin::new(commit).poll(cx)
+        {
+            return Poll::Ready(DurableEvent::Committed(result));
+        }
+        if let Some(load) = loading
+            && let Poll::Ready(result) = std::pin::Pin::new(load).poll(cx)
+        {
+            return Poll::Ready(DurableEvent::Loaded(result));
+        }
+        Poll::Pending
+    })
+    .await;
+    match event {
+        DurableEvent::Committed(_) => *pending = None,
+        DurableEvent::Loaded(_) => *loading = None,
+    }
+    event
 }
 
 /// A v5 connection's topic aliases.
@@ -94,7 +153,53 @@ impl Connection {
             received: [0; 3],
             will_on_close: false,
             scratch: Vec::new(),
+            durable: None,
         }
+    }
+
+    fn held_is_empty(&self) -> bool {
+        self.durable.as_ref().is_none_or(|d| d.held.is_empty())
+    }
+
+    /// Handles what was read. With `[storage] sync = "always"` its output (acknowledgements
+    /// above all) is held until what it changed is on disk: acknowledged means stored.
+    fn input<R, W>(&mut self, io: &mut Io<R, W>, max: usize) -> Result<(), Close> {
+        if !self.lease.acknowledges_durably() {
+            let result = self.handle_input(&mut io.rbuf, &mut io.out, max);
+            drop(self.lease.commit());
+            return result;
+        }
+        let mut durable = self.durable.take().unwrap_or_default();
+        let result = self.handle_input(&mut io.rbuf, &mut durable.held, max);
+        let commit = self.lease.commit();
+        if !commit.is_done() {
+            durable.pending = Some(commit);
+        } else if durable.pending.is_none() {
+            io.out.append(&mut durable.held);
+        }
+        self.durable = Some(durable);
+        result
+    }
+
+    /// A piece of the stored backlog was read: it joins the queue in front.
+    fn loaded(&mut self, loaded: LoadedQueue) {
+        let deliveries = loaded
+            .deliveries
+            .into_iter()
+            .map(|stored| {
+                let mut delivery = Delivery::new(
+                    stored.message,
+                    stored.qos,
+                    stored.retain,
+                    stored.subscription_identifiers,
+                );
+                delivery.seq = stored.seq;
+                delivery.persisted = true;
+                delivery.resume = stored.inflight;
+                delivery
+            })
+            .collect();
+        self.lease.queue().loaded(deliveries, loaded.next);
     }
 
     fn deadline(&self) -> Option<Instant> {
@@ -137,7 +242,42 @@ impl Connection {
     /// Whether a graceful shutdown's drain is complete: everything routed to this client was
     /// written and acknowledged.
     fn drained<R, W>(&self, io: &Io<R, W>) -> bool {
-        io.out.is_empty() && self.lease.state().inflight_len() == 0 && self.lease.queue().is_empty()
+        io.out.is_empty()
+            && self.held_is_empty()
+            && self.lease.state().inflight_len() == 0
+            && self.lease.queue().is_empty()
+    }
+
+    /// Each pass of the loop: deliver what is queued, finish a drain, and judge the output
+    /// backlog. Back-pressure: a client that does not read its output is not read from either,
+    /// so what it sends (PINGREQ, QoS 1 PUBLISH, ...) cannot pile up answers here; if it
+    /// stays so for `write_timeout`, it is closed. Returns whether output is backlogged.
+    fn before_wait<R, W>(&mut self, io: &mut Io<R, W>, timers: &mut Timers) -> Result<bool, Close> {
+        if self.lease.queue().is_overflowed() {
+            return Err(CloseReason::MessageQueueLimitReached.into());
+        }
+        // Deliveries wait behind held output (a SUBACK waiting for its commit comes first).
+        if self.held_is_empty() {
+            self.pump(&mut io.out);
+        }
+        // What the deliveries changed (messages now in flight) is stored without waiting.
+        drop(self.lease.commit());
+        let loading = self.durable.as_ref().is_some_and(|d| d.loading.is_some());
+        if !loading && let Some(backlog) = self.lease.queue().backlog_to_load(LOAD_LOW_WATER) {
+            let load = self.lease.load(backlog.from, LOAD_BATCH);
+            self.durable.get_or_insert_default().loading = Some(load);
+        }
+        if timers.drain_at.is_some() && self.drained(io) {
+            return Err(CloseReason::ServerShutdown.into());
+        }
+        let write_timeout = self.broker.config.limits.write_timeout;
+        let backlogged = io.out.len() >= WRITE_HIGH_WATER;
+        if !backlogged {
+            timers.stall_at = None;
+        } else if timers.stall_at.is_none() && !write_timeout.is_zero() {
+            timers.stall_at = Some(Instant::now() + write_timeout);
+        }
+        Ok(backlogged)
     }
 
     pub async fn run<R, W>(&mut self, io: &mut Io<R, W>) -> Close
@@ -149,11 +289,10 @@ impl Connection {
         // Packets that came in the same read as the CONNECT are handled before waiting for
         // more bytes (a client may pipeline SUBSCRIBE or PUBLISH right behind its CONNECT).
         if !io.rbuf.is_empty()
-            && let Err(close) = self.handle_input(&mut io.rbuf, &mut io.out, max)
+            && let Err(close) = self.input(io, max)
         {
             return close;
         }
-        let write_timeout = self.broker.config.limits.write_timeout;
         let mut timers = Timers::default();
         // One timer for every deadline, re-armed only when the earliest one moves.
         let mut armed = self.next_wake(&timers);
@@ -169,22 +308,10 @@ impl Connection {
         let queued = queue.notify().notified();
         tokio::pin!(queued);
         loop {
-            if queue.is_overflowed() {
-                return CloseReason::MessageQueueLimitReached.into();
-            }
-            self.pump(&mut io.out);
-            if timers.drain_at.is_some() && self.drained(io) {
-                return CloseReason::ServerShutdown.into();
-            }
-            // Back-pressure: a client that does not read its output is not read from either,
-            // so what it sends (PINGREQ, QoS 1 PUBLISH, ...) cannot pile up answers here; if
-            // it stays so for write_timeout, it is closed.
-            let backlogged = io.out.len() >= WRITE_HIGH_WATER;
-            if !backlogged {
-                timers.stall_at = None;
-            } else if timers.stall_at.is_none() && !write_timeout.is_zero() {
-                timers.stall_at = Some(Instant::now() + write_timeout);
-            }
+            let backlogged = match self.before_wait(io, &mut timers) {
+                Ok(backlogged) => backlogged,
+                Err(close) => return close,
+            };
             let next = self.next_wake(&timers);
             if next != armed {
                 armed = next;
@@ -213,7 +340,7 @@ impl Connection {
                     Ok(n) => {
                         read_filled = n >= spare;
                         self.broker.stats.bytes_received.increment(n as u64);
-                        if let Err(close) = self.handle_input(&mut io.rbuf, &mut io.out, max) {
+                        if let Err(close) = self.input(io, max) {
                             return close;
                         }
                         io.shrink_if_quiet(read_filled);
@@ -231,6 +358,25 @@ impl Connection {
                     }
                 },
                 _ = &mut queued => queued.set(queue.notify().notified()),
+                done = durable_event(&mut self.durable), if self.durable.is_some() => match done {
+                    DurableEvent::Committed(Err(error)) => {
+                        // Not stored: not acknowledged. The client sends it again.
+                        return Close::detailed(CloseReason::InternalError, format!("store: {error}"));
+                    }
+                    DurableEvent::Committed(Ok(())) => {
+                        if let Some(durable) = &mut self.durable {
+                            io.out.append(&mut durable.held);
+                        }
+                    }
+                    DurableEvent::Loaded(loaded) => match loaded {
+                        Ok(loaded) => self.loaded(loaded),
+                        // A stored queue with a hole: never a silent resume.
+                        Err(error) => return Close {
+                            discard: true,
+                            ..Close::detailed(CloseReason::LostMessages, error.to_string())
+                        },
+                    },
+                },
                 _ = &mut wake, if armed.is_some() => {
                     if let Some(close) = self.on_wake(&timers, Instant::now()) {
                         return close;
@@ -261,7 +407,7 @@ impl Connection {
                 if let Ok(Ok(n)) =
                     tokio::time::timeout(Duration::ZERO, io.reader.read_buf(&mut io.rbuf)).await
                     && n > 0
-                    && let Err(close) = self.handle_input(&mut io.rbuf, &mut io.out, max)
+                    && let Err(close) = self.input(io, max)
                 {
                     return Some(close);
                 }

@@ -139,7 +139,10 @@ pub fn encode_publish(
     publish::encode(publish, version, out)
 }
 
-pub use publish::{Outgoing, encode_outgoing_head, encode_passthrough_properties};
+pub use publish::{
+    Outgoing, decode_message_properties, encode_message_properties, encode_outgoing_head,
+    encode_passthrough_properties,
+};
 
 /// The whole size of the packet whose fixed header starts `buf`, once that header is complete
 /// (`None` before). Lets a reader size its buffer for a large packet exactly, instead of

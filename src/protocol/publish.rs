@@ -267,3 +267,22 @@ pub fn encode_outgoing_head(
     }
     Ok(())
 }
+
+/// Application-message properties (Message Expiry included) as one property block with its
+/// length: how a store keeps a will's properties.
+pub fn encode_message_properties(m: &MessageProperties) -> Result<Bytes, EncodeError> {
+    check_message_props(m)?;
+    let len = message_props_len(m);
+    let mut out = BytesMut::with_capacity(len + 4);
+    put_varint(&mut out, len);
+    put_message_props(&mut out, m)?;
+    Ok(out.freeze())
+}
+
+/// Reads back what [`encode_message_properties`] wrote.
+pub fn decode_message_properties(block: Bytes) -> Result<MessageProperties, DecodeError> {
+    let mut r = Reader::new(block);
+    let mut props = Props::read(&mut r, Ctx::Publish)?;
+    r.finish()?;
+    Ok(props.message())
+}

@@ -4,7 +4,7 @@
 //! Generic over `H`, the handle a delivery needs to reach a subscriber's session (the broker
 //! uses the session's outbox); the router only clones it.
 //!
-//! - `topic`: filter and topic-name syntax, [`matches`].
+//! - `topic`: filter and topic-name syntax, [`matches()`].
 //! - `index`: [`SubscriptionTable`], a trie keyed by topic level with shared groups.
 //! - `retained`: [`RetainedStore`], a trie keyed by topic level.
 

@@ -87,7 +87,7 @@ impl Sessions {
     }
 
     /// Lifts a revoke; whether `user` was revoked.
-    pub async fn restore(&self, user: &str) -> Result<bool, StoreError> {
+    pub async fn restore_user(&self, user: &str) -> Result<bool, StoreError> {
         let was = self.is_revoked(user);
         self.mark_revoked(user, false).await?;
         if was {

@@ -12,6 +12,7 @@ use crate::router::SubscriptionOptions;
 use super::mailbox::{Control, Mailbox, SubscriptionList};
 use super::queue::Queue;
 use super::state::SessionState;
+use super::store::{Change, Commit, Load};
 use super::table::{ConnInfo, Detached};
 use super::{HANDOVER_TIMEOUT, SessionEnd, Sessions, timers};
 
@@ -31,6 +32,9 @@ pub struct Lease {
     present: bool,
     /// A takeover asked for the session while the connection was running.
     handover: Option<HandoverReply>,
+    /// What this connection's publishes stored in other sessions' queues, to submit with the
+    /// session's own changes.
+    routed: Vec<Change>,
 }
 
 impl Drop for Lease {
@@ -58,6 +62,7 @@ impl Lease {
             info,
             present,
             handover: None,
+            routed: Vec::new(),
         }
     }
 
@@ -111,9 +116,55 @@ impl Lease {
         &mut self.state
     }
 
-    /// Publishes what this connection's client sent (routed in one batch).
-    pub fn publish(&self, messages: &[Arc<Message>]) {
-        self.sessions.publish(messages, self.state.client_id());
+    /// Publishes what this connection's client sent (routed in one batch). What must be
+    /// stored goes with the next [`Lease::commit`].
+    pub fn publish(&mut self, messages: &[Arc<Message>]) {
+        self.sessions
+            .publish_recording(messages, self.state.client_id(), &mut self.routed);
+    }
+
+    /// Records a delivery this connection put in its own session's queue (retained messages
+    /// on subscribe) when the queue stored it.
+    pub fn record_queued(&mut self, delivery: &crate::message::Delivery) {
+        if delivery.persisted {
+            let change = Change::Queued {
+                client_id: self.state.client_id().clone(),
+                seq: delivery.seq,
+                message: delivery.message.clone(),
+                qos: delivery.qos,
+                retain: delivery.retain,
+                subscription_identifiers: delivery.subscription_identifiers.clone(),
+            };
+            self.state.push_change(change);
+        }
+    }
+
+    /// Whether acknowledgements must wait for their changes to be on disk
+    /// (`[storage] sync = "always"`).
+    pub fn acknowledges_durably(&self) -> bool {
+        self.sessions.store.waits()
+    }
+
+    /// Submits what changed since the last commit (the session's own changes and what its
+    /// publishes stored elsewhere); the commit resolves once they are durable.
+    pub fn commit(&mut self) -> Commit {
+        let mut changes = self.state.take_changes();
+        if changes.is_empty() {
+            changes = std::mem::take(&mut self.routed);
+        } else {
+            changes.append(&mut self.routed);
+        }
+        if changes.is_empty() {
+            return Commit::done();
+        }
+        self.sessions.store.submit(changes)
+    }
+
+    /// Reads a piece of this session's stored backlog.
+    pub fn load(&self, from: u64, limit: usize) -> Load {
+        self.sessions
+            .store
+            .load(self.state.client_id().clone(), from, limit)
     }
 
     /// Adds or replaces a subscription in the session and in the router's index; returns
@@ -182,6 +233,11 @@ impl Lease {
         let will_delay = state.will().map(|w| w.delay_interval);
         let expiry = state.expiry_interval();
         let sessions = self.sessions.clone();
+        let mut state = state;
+        if survives {
+            self.park(&mut state);
+        }
+        drop(self.commit_with(&mut state));
         match sessions
             .table
             .detach(&client_id, self.generation, state, survives)
@@ -199,6 +255,36 @@ impl Lease {
                 }
             }
         }
+    }
+
+    /// A persistent session starts waiting: its stored record gets its deadlines, and its
+    /// queued and in-flight messages leave memory (read back when its client returns).
+    fn park(&self, state: &mut SessionState) {
+        if !state.is_persisted() {
+            return;
+        }
+        let now = std::time::SystemTime::now();
+        let mut record = state.stored_record();
+        record.expires_at =
+            Some(now + std::time::Duration::from_secs(u64::from(state.expiry_interval())));
+        record.will_at = state
+            .will()
+            .map(|w| now + std::time::Duration::from_secs(u64::from(w.delay_interval)));
+        state.push_change(Change::Session {
+            client_id: state.client_id().clone(),
+            record,
+        });
+        self.queue.park(state.park_inflight());
+    }
+
+    /// Submits the changes recorded in `state` (the lease's own state was taken out of it).
+    fn commit_with(&mut self, state: &mut SessionState) -> Commit {
+        let mut changes = state.take_changes();
+        changes.append(&mut self.routed);
+        if changes.is_empty() {
+            return Commit::done();
+        }
+        self.sessions.store.submit(changes)
     }
 
     async fn wait_for_takeover(&self) -> Option<HandoverReply> {

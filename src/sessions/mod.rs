@@ -19,6 +19,7 @@ mod end;
 mod lease;
 mod mailbox;
 pub mod queue;
+mod restore;
 mod state;
 pub mod store;
 mod table;
@@ -38,7 +39,8 @@ pub use control::SessionDetail;
 pub use end::SessionEnd;
 pub use lease::Lease;
 pub use mailbox::{Control, Mailbox, SubscriptionList};
-pub use queue::{Offer, Queue, QueueLimits};
+pub use queue::{Backlog, Offer, Queue, QueueLimits};
+pub use restore::Restored;
 pub use state::{Ack, AckOutcome, InflightOut, OutboundState, SessionState};
 pub use store::{Change, SessionStore};
 pub use table::{ConnInfo, Counters, SessionInfo};
@@ -159,11 +161,22 @@ impl Sessions {
         if let Some(queue) = &attached.replaced_queue {
             queue.close();
         }
+        // Stored when the store persists and the session outlives its connection (or already
+        // was stored: it stays so until it ends).
+        let persist = self.store.durable() && (expiry_interval > 0 || state.is_persisted());
+        state.set_persisted(false);
         state.set_version(version);
+        state.set_user(info.user.clone());
         state.set_expiry_interval(expiry_interval);
         // A resumed session's delayed will is cancelled: its client is back (MQTT-3.1.3-9 / v5
         // §3.1.3.2.2); the new connection's will replaces it.
         state.set_will(will);
+        state.set_persisted(persist);
+        attached.queue.set_persistent(persist);
+        if persist {
+            state.record_session();
+            drop(self.store.submit(state.take_changes()));
+        }
         info.counters.update(&state);
         Lease::new(
             self.clone(),
@@ -254,10 +267,32 @@ impl Sessions {
         self.routing.subscription_count()
     }
 
-    /// Routes a batch of messages from `publisher` into the matching sessions' queues.
+    /// Routes a batch of messages from `publisher` into the matching sessions' queues (and,
+    /// with a durable store, stores what must be: nothing waits for it here).
     pub fn publish(&self, messages: &[Arc<Message>], publisher: &str) {
-        let overflowed = self.routing.publish_batch(messages, publisher);
+        let mut changes = Vec::new();
+        self.publish_recording(messages, publisher, &mut changes);
+        if !changes.is_empty() {
+            drop(self.store.submit(changes));
+        }
+    }
+
+    /// [`Sessions::publish`], adding what must be stored to `changes` (the caller submits
+    /// them, and may wait for their commit before acknowledging).
+    pub(crate) fn publish_recording(
+        &self,
+        messages: &[Arc<Message>],
+        publisher: &str,
+        changes: &mut Vec<Change>,
+    ) {
+        let record = self.store.durable().then_some(changes);
+        let overflowed = self.routing.publish_batch(messages, publisher, record);
         self.overflowed(overflowed);
+    }
+
+    /// The durable store (or the memory one).
+    pub fn store(&self) -> &Arc<dyn SessionStore> {
+        &self.store
     }
 
     /// Queues that hit their limit under `disconnect`: a connected owner sees it through its

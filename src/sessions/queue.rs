@@ -3,6 +3,13 @@
 //! drains it. It outlives connections: while the session waits for its client, messages keep
 //! arriving here (up to `max_queue_depth_disconnected` / `max_queue_bytes_disconnected`).
 //!
+//! Every delivery gets a sequence number. In a persistent session with a durable store, QoS 1/2
+//! deliveries are stored (the caller records the change), and while the session waits they
+//! are **only** stored: its queue costs memory for its counts, not for its messages. The
+//! stored part (the backlog, always the oldest entries) is read back in pieces by the
+//! connection that resumes the session; until it is all read, new stored deliveries join the
+//! backlog, so the order holds.
+//!
 //! A std `Mutex` is enough: it is held for a push or a drain of a batch, never across an
 //! `.await`, and the consumer takes a whole batch per lock.
 
@@ -18,7 +25,8 @@ use crate::protocol::QoS;
 /// What happened to an offered delivery.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Offer {
-    Queued,
+    /// Queued at sequence number `seq`; `stored`: the caller records it in the durable store.
+    Queued { seq: u64, stored: bool },
     /// Dropped by policy (`drop_oldest` dropped older ones to make room, `drop_newest` this
     /// one): how many; counted by the caller as `queue_full`.
     DroppedQueueFull(usize),
@@ -33,9 +41,18 @@ pub enum Offer {
 
 #[derive(Debug)]
 struct State {
+    /// Deliveries in memory, oldest first (after the backlog).
     queue: VecDeque<Delivery>,
-    /// What the queued deliveries cost against the byte limit (`Message::queue_cost`).
+    /// What every queued delivery (backlog included) costs against the byte limit.
     bytes: usize,
+    /// Stored deliveries not in memory: the oldest ones, from `backlog_from`.
+    backlog: usize,
+    backlog_from: u64,
+    /// A piece of the backlog is being read.
+    loading: bool,
+    next_seq: u64,
+    /// QoS 1/2 deliveries go to the durable store.
+    persistent: bool,
     connected: bool,
     overflowed: bool,
     closed: bool,
@@ -47,7 +64,7 @@ pub struct Queue {
     /// Wakes the connection task when something was queued or the queue overflowed.
     notify: Notify,
     limits: QueueLimits,
-    /// `brokk_queued_messages`, shared by every outbox; kept in step with each push and pop.
+    /// `brokk_queued_messages`, shared by every queue; kept in step with each push and pop.
     queued: metrics::Gauge,
 }
 
@@ -74,17 +91,34 @@ impl QueueLimits {
 }
 
 impl State {
+    fn len(&self) -> usize {
+        self.queue.len() + self.backlog
+    }
+
     /// Whether one more delivery of `cost` bytes fits. An empty queue takes any one message,
     /// so a byte limit below the largest packet never blocks a session for good.
     fn fits(&self, depth: usize, bytes: usize, cost: usize) -> bool {
-        self.queue.len() < depth && (self.queue.is_empty() || self.bytes + cost <= bytes)
+        self.len() < depth && (self.len() == 0 || self.bytes + cost <= bytes)
     }
 
     fn pop_front(&mut self) -> Option<Delivery> {
         let delivery = self.queue.pop_front()?;
-        self.bytes -= delivery.message.queue_cost();
+        self.bytes = self.bytes.saturating_sub(delivery.message.queue_cost());
         Some(delivery)
     }
+
+    /// Whether a stored delivery stays out of memory: the client is away, or older stored
+    /// deliveries are still to be read back.
+    fn store_only(&self) -> bool {
+        !self.connected || self.backlog > 0 || self.loading
+    }
+}
+
+/// A stored backlog to read back: from `from`, about `count` deliveries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backlog {
+    pub from: u64,
+    pub count: usize,
 }
 
 impl Queue {
@@ -93,6 +127,11 @@ impl Queue {
             state: Mutex::new(State {
                 queue: VecDeque::new(),
                 bytes: 0,
+                backlog: 0,
+                backlog_from: 0,
+                loading: false,
+                next_seq: 1,
+                persistent: false,
                 connected: true,
                 overflowed: false,
                 closed: false,
@@ -111,7 +150,25 @@ impl Queue {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    pub fn offer(&self, delivery: Delivery) -> Offer {
+    /// From now on, QoS 1/2 deliveries are stored (a persistent session, a durable store).
+    pub fn set_persistent(&self, persistent: bool) {
+        self.lock().persistent = persistent;
+    }
+
+    /// A queue restored from the store: waiting, with `backlog` stored deliveries from
+    /// `from` (and `bytes` of them), the next sequence number `next`.
+    pub fn restore(&self, from: u64, backlog: usize, bytes: usize, next: u64) {
+        let mut state = self.lock();
+        state.persistent = true;
+        state.connected = false;
+        state.backlog_from = from;
+        state.backlog = backlog;
+        state.bytes = bytes;
+        state.next_seq = next.max(1);
+        self.queued.increment(backlog as f64);
+    }
+
+    pub fn offer(&self, mut delivery: Delivery) -> Offer {
         let outcome = {
             let mut state = self.lock();
             if state.closed || state.overflowed {
@@ -129,36 +186,58 @@ impl Queue {
                 )
             };
             let cost = delivery.message.queue_cost();
-            if state.fits(depth, bytes, cost) {
-                state.bytes += cost;
-                state.queue.push_back(delivery);
-                self.queued.increment(1.0);
-                Offer::Queued
-            } else {
+            let mut dropped = 0;
+            if !state.fits(depth, bytes, cost) {
                 match self.limits.policy {
                     QueueFullPolicy::Disconnect => {
                         state.overflowed = true;
-                        self.queued.decrement(state.queue.len() as f64);
+                        self.queued.decrement(state.len() as f64);
                         state.queue.clear();
+                        state.backlog = 0;
                         state.bytes = 0;
-                        Offer::Overflowed
+                        return self.overflowed();
                     }
-                    QueueFullPolicy::DropOldest => {
-                        let mut dropped = 0;
+                    // The oldest of a stored backlog cannot be dropped from here (it is on
+                    // disk only): with a backlog, the new delivery is the one dropped.
+                    QueueFullPolicy::DropOldest if state.backlog == 0 => {
                         while !state.fits(depth, bytes, cost) && state.pop_front().is_some() {
                             dropped += 1;
                         }
-                        state.bytes += cost;
-                        state.queue.push_back(delivery);
-                        self.queued.decrement(dropped as f64 - 1.0);
-                        Offer::DroppedQueueFull(dropped)
+                        self.queued.decrement(dropped as f64);
                     }
-                    QueueFullPolicy::DropNewest => return Offer::DroppedQueueFull(1),
+                    QueueFullPolicy::DropOldest | QueueFullPolicy::DropNewest => {
+                        return Offer::DroppedQueueFull(1);
+                    }
                 }
+            }
+            let seq = state.next_seq;
+            state.next_seq += 1;
+            let stored = state.persistent && delivery.qos != QoS::AtMostOnce;
+            delivery.seq = seq;
+            delivery.persisted = stored;
+            state.bytes += cost;
+            self.queued.increment(1.0);
+            if stored && state.store_only() {
+                if state.backlog == 0 && !state.loading {
+                    state.backlog_from = seq;
+                }
+                state.backlog += 1;
+            } else {
+                state.queue.push_back(delivery);
+            }
+            if dropped > 0 {
+                Offer::DroppedQueueFull(dropped)
+            } else {
+                Offer::Queued { seq, stored }
             }
         };
         self.notify.notify_one();
         outcome
+    }
+
+    fn overflowed(&self) -> Offer {
+        self.notify.notify_one();
+        Offer::Overflowed
     }
 
     /// Moves up to `max` deliveries into `out`, oldest first, stopping before a QoS 1/2 one
@@ -187,8 +266,69 @@ impl Queue {
         moved
     }
 
+    /// The stored backlog to read next, if any and none is being read, when memory runs low;
+    /// marks it as being read.
+    pub fn backlog_to_load(&self, low_water: usize) -> Option<Backlog> {
+        let mut state = self.lock();
+        if state.backlog == 0 || state.loading || !state.connected || state.queue.len() >= low_water
+        {
+            return None;
+        }
+        state.loading = true;
+        Some(Backlog {
+            from: state.backlog_from,
+            count: state.backlog,
+        })
+    }
+
+    /// A piece of the backlog was read: it joins the queue after what is already in memory
+    /// (earlier pieces; stored deliveries that arrived meanwhile joined the backlog, so only
+    /// QoS 0 ones can be ahead of it). `next` is where the next piece starts.
+    pub fn loaded(&self, deliveries: Vec<Delivery>, next: u64) {
+        {
+            let mut state = self.lock();
+            state.loading = false;
+            state.backlog = state.backlog.saturating_sub(deliveries.len());
+            if deliveries.is_empty() {
+                // Nothing more is stored: what the count still says was done meanwhile.
+                state.backlog = 0;
+            }
+            state.backlog_from = next;
+            state.queue.extend(deliveries);
+        }
+        self.notify.notify_one();
+    }
+
+    /// The client left a persistent session: its stored deliveries leave memory (they are read
+    /// back when it returns), as do the ones in flight (`inflight`, also stored).
+    pub fn park(&self, inflight: impl IntoIterator<Item = u64>) {
+        let mut state = self.lock();
+        if !state.persistent {
+            return;
+        }
+        let mut first = inflight.into_iter().min();
+        let mut parked = 0;
+        let memory = std::mem::take(&mut state.queue);
+        for delivery in memory {
+            if delivery.persisted {
+                first = Some(first.map_or(delivery.seq, |f| f.min(delivery.seq)));
+                parked += 1;
+            } else {
+                state.queue.push_back(delivery);
+            }
+        }
+        if let Some(first) = first
+            && (state.backlog == 0 || first < state.backlog_from)
+        {
+            state.backlog_from = first;
+        }
+        state.backlog += parked;
+        state.loading = false;
+    }
+
+    /// Entries (memory and stored backlog) and their bytes.
     pub fn len(&self) -> usize {
-        self.lock().queue.len()
+        self.lock().len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -206,8 +346,15 @@ impl Queue {
         state.connected = connected;
         let before = state.queue.len();
         if !connected {
-            state.queue.retain(|d| d.qos != QoS::AtMostOnce);
-            state.bytes = state.queue.iter().map(|d| d.message.queue_cost()).sum();
+            let mut freed = 0;
+            state.queue.retain(|d| {
+                let keep = d.qos != QoS::AtMostOnce;
+                if !keep {
+                    freed += d.message.queue_cost();
+                }
+                keep
+            });
+            state.bytes = state.bytes.saturating_sub(freed);
         }
         let dropped = before - state.queue.len();
         if dropped > 0 {
@@ -216,11 +363,13 @@ impl Queue {
         dropped
     }
 
-    /// Discards what is queued; the outbox stays usable.
+    /// Discards what is queued (memory and backlog); the queue stays usable.
     pub fn clear(&self) -> usize {
         let mut state = self.lock();
-        let n = state.queue.len();
+        let n = state.len();
         state.queue.clear();
+        state.backlog = 0;
+        state.loading = false;
         state.bytes = 0;
         if n > 0 {
             self.queued.decrement(n as f64);
@@ -228,16 +377,10 @@ impl Queue {
         n
     }
 
-    /// Closes the outbox for good: later offers are refused. Returns how many were queued.
+    /// Closes the queue for good: later offers are refused. Returns how many were queued.
     pub fn close(&self) -> usize {
-        let mut state = self.lock();
-        state.closed = true;
-        let n = state.queue.len();
-        state.queue.clear();
-        state.bytes = 0;
-        if n > 0 {
-            self.queued.decrement(n as f64);
-        }
+        let n = self.clear();
+        self.lock().closed = true;
         n
     }
 
@@ -246,3 +389,6 @@ impl Queue {
         &self.notify
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -11,6 +11,8 @@ use crate::message::Delivery;
 use crate::protocol::{Version, Will};
 use crate::router::SubscriptionOptions;
 
+use super::store::{Change, SessionRecord};
+
 /// Where an outbound QoS 1/2 message stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OutboundState {
@@ -69,6 +71,12 @@ pub struct SessionState {
     expiry_interval: u32,
     /// The will of the current (or last) connection.
     will: Option<Will>,
+    /// The user of the current (or last) connection.
+    user: Option<Arc<str>>,
+    /// Changes go to the durable store: a persistent session, and a store that persists.
+    persist: bool,
+    /// Changes recorded since the owner last took them.
+    changes: Vec<Change>,
 }
 
 impl SessionState {
@@ -82,7 +90,67 @@ impl SessionState {
             inbound_qos2: HashSet::new(),
             expiry_interval: 0,
             will: None,
+            user: None,
+            persist: false,
+            changes: Vec::new(),
         }
+    }
+
+    /// Whether changes to this session are recorded for the durable store.
+    pub fn is_persisted(&self) -> bool {
+        self.persist
+    }
+
+    pub(super) fn set_persisted(&mut self, persist: bool) {
+        self.persist = persist;
+    }
+
+    pub fn user(&self) -> Option<&Arc<str>> {
+        self.user.as_ref()
+    }
+
+    pub(super) fn set_user(&mut self, user: Option<Arc<str>>) {
+        self.user = user;
+    }
+
+    /// Adds a change made elsewhere in the sessions module (a waiting record) to go out with
+    /// this session's other changes.
+    pub(super) fn push_change(&mut self, change: Change) {
+        if self.persist {
+            self.changes.push(change);
+        }
+    }
+
+    /// The changes recorded since the last call, to submit to the store.
+    pub fn take_changes(&mut self) -> Vec<Change> {
+        std::mem::take(&mut self.changes)
+    }
+
+    fn record(&mut self, change: impl FnOnce(&SessionState) -> Change) {
+        if self.persist {
+            let change = change(self);
+            self.changes.push(change);
+        }
+    }
+
+    /// The session's stored record while its client is connected (no deadlines yet).
+    pub fn stored_record(&self) -> SessionRecord {
+        SessionRecord {
+            version: self.version,
+            expiry_interval: self.expiry_interval,
+            expires_at: None,
+            will: self.will.clone(),
+            will_at: None,
+            user: self.user.clone(),
+        }
+    }
+
+    /// Records the session's own record (created, or its expiry or will changed).
+    pub(super) fn record_session(&mut self) {
+        self.record(|s| Change::Session {
+            client_id: s.client_id.clone(),
+            record: s.stored_record(),
+        });
     }
 
     pub fn client_id(&self) -> &Arc<str> {
@@ -102,7 +170,10 @@ impl SessionState {
     }
 
     pub fn set_expiry_interval(&mut self, seconds: u32) {
-        self.expiry_interval = seconds;
+        if self.expiry_interval != seconds {
+            self.expiry_interval = seconds;
+            self.record_session();
+        }
     }
 
     pub fn will(&self) -> Option<&Will> {
@@ -110,7 +181,11 @@ impl SessionState {
     }
 
     pub fn set_will(&mut self, will: Option<Will>) {
+        let changed = self.will.is_some() || will.is_some();
         self.will = will;
+        if changed {
+            self.record_session();
+        }
     }
 
     pub fn take_will(&mut self) -> Option<Will> {
@@ -120,6 +195,11 @@ impl SessionState {
     // Subscriptions. The router's index is changed beside these, by the lease.
 
     pub(super) fn insert_subscription(&mut self, filter: &str, options: SubscriptionOptions) {
+        self.record(|s| Change::Subscribed {
+            client_id: s.client_id.clone(),
+            filter: filter.to_string(),
+            options: options.clone(),
+        });
         match self.subscriptions.get_mut(filter) {
             Some(existing) => *existing = options,
             None => {
@@ -129,7 +209,14 @@ impl SessionState {
     }
 
     pub(super) fn remove_subscription(&mut self, filter: &str) -> bool {
-        self.subscriptions.remove(filter).is_some()
+        let existed = self.subscriptions.remove(filter).is_some();
+        if existed {
+            self.record(|s| Change::Unsubscribed {
+                client_id: s.client_id.clone(),
+                filter: filter.to_string(),
+            });
+        }
+        existed
     }
 
     pub fn has_subscription(&self, filter: &str) -> bool {
@@ -146,9 +233,15 @@ impl SessionState {
 
     // Outbound messages in flight.
 
-    /// The next free outbound packet id (1..=65535, skipping ids still in flight), or `None`
-    /// when all are in use (cannot happen while the in-flight window is below 65,535).
-    pub fn allocate_packet_id(&mut self) -> Option<u16> {
+    /// The packet id for the delivery at `seq`: derived from it, so that a delivery read back
+    /// after a restart goes with the id it had (a QoS 2 receiver that saw it then recognises
+    /// it); the next free one if that id is still in flight. `None` when all 65,535 are in use
+    /// (cannot happen while the in-flight window is below that).
+    pub fn allocate_packet_id(&mut self, seq: u64) -> Option<u16> {
+        let derived = ((seq.saturating_sub(1) % 65_535) + 1) as u16;
+        if seq > 0 && !self.inflight.iter().any(|m| m.packet_id == derived) {
+            return Some(derived);
+        }
         for _ in 0..u16::MAX {
             let id = self.next_packet_id;
             self.next_packet_id = if id == u16::MAX { 1 } else { id + 1 };
@@ -159,18 +252,51 @@ impl SessionState {
         None
     }
 
-    /// Records a QoS 1/2 message just sent with `packet_id`.
-    pub fn push_inflight(&mut self, packet_id: u16, delivery: Delivery) {
-        let state = if delivery.qos == crate::protocol::QoS::ExactlyOnce {
+    /// Records a QoS 1/2 message just sent with `packet_id` (in `state`: a new one awaits
+    /// PUBACK or PUBREC; one read back from the store keeps the state it had).
+    pub fn push_inflight(
+        &mut self,
+        packet_id: u16,
+        delivery: Delivery,
+        state: Option<OutboundState>,
+    ) {
+        let state = state.unwrap_or(if delivery.qos == crate::protocol::QoS::ExactlyOnce {
             OutboundState::AwaitingPubRec
         } else {
             OutboundState::AwaitingPubAck
-        };
+        });
+        if delivery.persisted {
+            self.record(|s| Change::InFlight {
+                client_id: s.client_id.clone(),
+                seq: delivery.seq,
+                packet_id,
+                state,
+            });
+        }
         self.inflight.push_back(InflightOut {
             packet_id,
             delivery,
             state,
         });
+    }
+
+    /// A delivery that will not go out (expired, too large for the client): its stored entry
+    /// is done.
+    pub fn discard(&mut self, delivery: &Delivery) {
+        if delivery.persisted {
+            self.record(|s| Change::Delivered {
+                client_id: s.client_id.clone(),
+                seq: delivery.seq,
+            });
+        }
+    }
+
+    /// The in-flight messages leave memory (a persistent session's client left: they are
+    /// stored, and read back when it returns). Returns their sequence numbers.
+    pub(super) fn park_inflight(&mut self) -> Vec<u64> {
+        let parked = self.inflight.iter().map(|m| m.delivery.seq).collect();
+        self.inflight.clear();
+        parked
     }
 
     pub fn inflight_len(&self) -> usize {
@@ -187,22 +313,39 @@ impl SessionState {
             return AckOutcome::Unknown;
         };
         let state = self.inflight[pos].state;
-        match (ack, state) {
+        let (seq, persisted) = (
+            self.inflight[pos].delivery.seq,
+            self.inflight[pos].delivery.persisted,
+        );
+        let done = match (ack, state) {
             (Ack::PubAck, OutboundState::AwaitingPubAck)
-            | (Ack::PubComp, OutboundState::AwaitingPubComp) => {
-                self.inflight.remove(pos);
-                AckOutcome::Done
-            }
+            | (Ack::PubComp, OutboundState::AwaitingPubComp) => true,
             (Ack::PubRec(code), OutboundState::AwaitingPubRec | OutboundState::AwaitingPubComp) => {
-                if code >= 0x80 {
-                    self.inflight.remove(pos);
-                } else {
-                    self.inflight[pos].state = OutboundState::AwaitingPubComp;
-                }
-                AckOutcome::Done
+                code >= 0x80
             }
-            _ => AckOutcome::WrongType,
+            _ => return AckOutcome::WrongType,
+        };
+        if done {
+            self.inflight.remove(pos);
+            if persisted {
+                self.record(|s| Change::Delivered {
+                    client_id: s.client_id.clone(),
+                    seq,
+                });
+            }
+        } else if state != OutboundState::AwaitingPubComp {
+            self.inflight[pos].state = OutboundState::AwaitingPubComp;
+            let packet_id = self.inflight[pos].packet_id;
+            if persisted {
+                self.record(|s| Change::InFlight {
+                    client_id: s.client_id.clone(),
+                    seq,
+                    packet_id,
+                    state: OutboundState::AwaitingPubComp,
+                });
+            }
         }
+        AckOutcome::Done
     }
 
     // Inbound QoS 2 packet ids awaiting PUBREL.
@@ -216,12 +359,26 @@ impl SessionState {
     }
 
     pub fn insert_inbound_qos2(&mut self, packet_id: u16) {
-        self.inbound_qos2.insert(packet_id);
+        if self.inbound_qos2.insert(packet_id) {
+            self.record(|s| Change::InboundQos2 {
+                client_id: s.client_id.clone(),
+                packet_id,
+                pending: true,
+            });
+        }
     }
 
     /// A PUBREL arrived: whether the id was pending.
     pub fn release_inbound_qos2(&mut self, packet_id: u16) -> bool {
-        self.inbound_qos2.remove(&packet_id)
+        let found = self.inbound_qos2.remove(&packet_id);
+        if found {
+            self.record(|s| Change::InboundQos2 {
+                client_id: s.client_id.clone(),
+                packet_id,
+                pending: false,
+            });
+        }
+        found
     }
 }
 
@@ -238,30 +395,31 @@ mod tests {
             retain: false,
             properties: bytes::Bytes::new(),
             expires_at: None,
+            stored: std::sync::OnceLock::new(),
         });
-        Delivery {
-            message,
-            qos,
-            retain: false,
-            subscription_identifiers: vec![],
-        }
+        Delivery::new(message, qos, false, vec![])
     }
 
     #[test]
     fn packet_ids_wrap_and_skip_those_in_flight() {
         let mut s = SessionState::new(Arc::from("c"), Version::V5);
-        s.next_packet_id = u16::MAX;
-        assert_eq!(s.allocate_packet_id(), Some(u16::MAX));
-        assert_eq!(s.allocate_packet_id(), Some(1));
-        s.push_inflight(2, delivery(QoS::AtLeastOnce));
-        assert_eq!(s.allocate_packet_id(), Some(3));
+        assert_eq!(s.allocate_packet_id(1), Some(1));
+        assert_eq!(s.allocate_packet_id(65_535), Some(u16::MAX));
+        assert_eq!(s.allocate_packet_id(65_536), Some(1), "derived ids wrap");
+        s.push_inflight(2, delivery(QoS::AtLeastOnce), None);
+        s.next_packet_id = 2;
+        assert_eq!(
+            s.allocate_packet_id(2),
+            Some(3),
+            "in use: the next free one"
+        );
     }
 
     #[test]
     fn acknowledgements_follow_the_qos_flow() {
         let mut s = SessionState::new(Arc::from("c"), Version::V5);
-        s.push_inflight(1, delivery(QoS::AtLeastOnce));
-        s.push_inflight(2, delivery(QoS::ExactlyOnce));
+        s.push_inflight(1, delivery(QoS::AtLeastOnce), None);
+        s.push_inflight(2, delivery(QoS::ExactlyOnce), None);
         assert_eq!(s.acknowledge(1, Ack::PubRec(0)), AckOutcome::WrongType);
         assert_eq!(s.acknowledge(1, Ack::PubComp), AckOutcome::WrongType);
         assert_eq!(s.acknowledge(1, Ack::PubAck), AckOutcome::Done);
@@ -273,7 +431,7 @@ mod tests {
         assert_eq!(s.acknowledge(2, Ack::PubRec(0)), AckOutcome::Done);
         assert_eq!(s.acknowledge(2, Ack::PubComp), AckOutcome::Done);
         assert_eq!(s.inflight_len(), 0);
-        s.push_inflight(3, delivery(QoS::ExactlyOnce));
+        s.push_inflight(3, delivery(QoS::ExactlyOnce), None);
         assert_eq!(s.acknowledge(3, Ack::PubRec(0x80)), AckOutcome::Done);
         assert_eq!(s.inflight_len(), 0, "a failing PUBREC ends the exchange");
     }

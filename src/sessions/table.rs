@@ -210,6 +210,33 @@ impl Table {
         }
     }
 
+    /// Puts a session restored from the store in the table, waiting for its client; returns
+    /// its generation (for its timers).
+    pub fn insert_waiting(
+        &self,
+        session: Box<SessionState>,
+        queue: Arc<Queue>,
+        info: Arc<ConnInfo>,
+        since: SystemTime,
+    ) -> u64 {
+        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+        let client_id = session.client_id().clone();
+        let entry = Entry {
+            generation,
+            queue,
+            info,
+            state: State::Disconnected {
+                session,
+                since,
+                timer: None,
+            },
+        };
+        if self.map.insert(client_id, entry).is_none() {
+            self.disconnected.increment(1.0);
+        }
+        generation
+    }
+
     /// The owner (by `generation`) lets go of the session: it waits in the table when `keep`,
     /// else it ends.
     pub fn detach(

@@ -119,6 +119,7 @@ fn message(topic: &str) -> Arc<Message> {
         retain: false,
         properties: Bytes::new(),
         expires_at: None,
+        stored: std::sync::OnceLock::new(),
     })
 }
 

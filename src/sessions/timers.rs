@@ -16,11 +16,26 @@ pub(super) fn schedule(
     will_delay: Option<u32>,
     expiry: u32,
 ) {
+    let seconds = |s: u32| Duration::from_secs(u64::from(s));
+    schedule_in(
+        sessions,
+        client_id,
+        generation,
+        will_delay.map(seconds),
+        seconds(expiry),
+    );
+}
+
+/// [`schedule`] with what is left of each delay (a session restored from the store).
+pub(super) fn schedule_in(
+    sessions: &Arc<Sessions>,
+    client_id: Arc<str>,
+    generation: u64,
+    will_delay: Option<Duration>,
+    expiry: Duration,
+) {
     let weak = Arc::downgrade(sessions);
-    let expiry = Duration::from_secs(u64::from(expiry));
-    let will_delay = will_delay
-        .map(|d| Duration::from_secs(u64::from(d)))
-        .filter(|d| *d < expiry);
+    let will_delay = will_delay.filter(|d| *d < expiry);
     let id = client_id.clone();
     let timer = tokio::spawn(async move {
         let start = tokio::time::Instant::now();

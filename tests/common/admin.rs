@@ -34,7 +34,8 @@ fn addr_in(line: &str) -> SocketAddr {
 
 impl Binary {
     /// Starts brokk on `sections` (TOML appended after the listener and metrics sections; it
-    /// must hold an `[admin]` section, [`ADMIN`] or one with more keys).
+    /// must hold an `[admin]` section, [`ADMIN`] or one with more keys). Sessions live in
+    /// memory unless `sections` has a `[storage]` section.
     pub fn start(sections: &str) -> Binary {
         let dir = tempfile::tempdir().expect("tempdir");
         Binary::start_in(dir, sections)
@@ -43,22 +44,28 @@ impl Binary {
     /// [`Binary::start`] with files the test already put in `dir`.
     pub fn start_in(dir: tempfile::TempDir, sections: &str) -> Binary {
         let config = dir.path().join("broker.toml");
+        let storage = if sections.contains("[storage]") {
+            ""
+        } else {
+            "[storage]\nbackend = \"memory\"\n"
+        };
         let text = format!(
-            "[listeners.tcp]\nbind = \"127.0.0.1:0\"\n[metrics]\nbind = \"127.0.0.1:0\"\n{sections}"
+            "[listeners.tcp]\nbind = \"127.0.0.1:0\"\n[metrics]\nbind = \"127.0.0.1:0\"\n{storage}{sections}"
         );
         std::fs::write(&config, text).expect("write config");
         let mut child = Command::new(env!("CARGO_BIN_EXE_brokk"))
             .arg("--config")
             .arg(&config)
             .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("brokk starts");
-        let stdout = child.stdout.take().expect("stdout");
+        // brokk logs on stderr.
+        let stderr = child.stderr.take().expect("stderr");
         let (tx, lines) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 let _ = tx.send(line);
             }
         });
@@ -98,6 +105,7 @@ impl Binary {
     pub async fn ctl_with(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_brokk"));
         command
+            .kill_on_drop(true)
             .arg("ctl")
             .arg("--admin")
             .arg(self.url())
@@ -148,6 +156,15 @@ impl Binary {
                 return line;
             }
         }
+    }
+}
+
+impl Binary {
+    /// Kills the process (SIGKILL: nothing is flushed on the way out) and hands back its
+    /// directory, for a restart on the same files.
+    pub fn kill(mut self) -> tempfile::TempDir {
+        let fresh = tempfile::tempdir().expect("tempdir");
+        std::mem::replace(&mut self.dir, fresh)
     }
 }
 

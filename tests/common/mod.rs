@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod admin;
+pub mod process;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -35,6 +37,8 @@ pub fn test_config() -> Config {
     );
     config.metrics.bind = "127.0.0.1:0".parse().expect("addr");
     config.admin.bind = "127.0.0.1:0".parse().expect("addr");
+    // In memory unless a test asks for the disk store (and then in a temporary directory).
+    config.storage.backend = brokk::config::StorageBackend::Memory;
     // Tests that leave messages unacknowledged need not wait the production drain.
     config.limits.shutdown_drain = std::time::Duration::from_secs(1);
     config

@@ -102,7 +102,8 @@ def _start_broker(tmp_path: Path, attempts: int = 3) -> Broker:
             f'[listeners.tcp]\nbind = "{host}:{port}"\n\n'
             f'[metrics]\nenabled = true\nbind = "{host}:{metrics_port}"\n\n'
             '[admin]\nbind = "127.0.0.1:0"\n\n'
-            '[limits]\nconnect_timeout = "5s"\n'
+            '[limits]\nconnect_timeout = "5s"\n\n'
+            f'[storage]\npath = "{tmp_path / f"store-{attempt}"}"\n'
         )
         log_path = tmp_path / f"brokk-{attempt}.log"
         log = open(log_path, "wb")

@@ -32,9 +32,9 @@ async fn a_revoke_marks_the_user_closes_its_sessions_and_restore_lifts_it() {
     assert_eq!(s.ended(SessionEnd::Revoked), 2.0);
     assert!(s.sessions.is_revoked("alice") && !s.sessions.is_revoked("bob"));
     assert_eq!(s.sessions.revoked_users(), [Arc::<str>::from("alice")]);
-    assert!(s.sessions.restore("alice").await.expect("stored"));
+    assert!(s.sessions.restore_user("alice").await.expect("stored"));
     assert!(!s.sessions.is_revoked("alice"));
-    assert!(!s.sessions.restore("alice").await.expect("stored"));
+    assert!(!s.sessions.restore_user("alice").await.expect("stored"));
 }
 
 /// A CONNECT that checked the user before the revoke marked it, and attaches after the revoke

@@ -15,6 +15,7 @@
 //! Deadlines that are stored are wall-clock times (`SystemTime`): a monotonic instant means
 //! nothing to another process or node. In-process deadlines stay `tokio::time::Instant`.
 
+pub mod disk;
 mod memory;
 pub mod record;
 
@@ -30,6 +31,7 @@ use crate::message::Message;
 use crate::protocol::{QoS, Version, Will};
 use crate::router::SubscriptionOptions;
 
+pub use disk::DiskStore;
 pub use memory::MemoryStore;
 
 use super::state::OutboundState;
@@ -70,8 +72,8 @@ pub enum Change {
         filter: String,
     },
     /// A message entered a session's queue at sequence number `seq` (per session, gap-free:
-    /// a gap found at recovery is a loss, and the session ends with `lost_messages`). The
-    /// message itself is stored once, however many queues refer to it.
+    /// a gap found when the queue is read back is a loss, and the session ends with
+    /// `lost_messages`). The message itself is stored once, however many queues refer to it.
     Queued {
         client_id: Arc<str>,
         seq: u64,
@@ -87,7 +89,7 @@ pub enum Change {
         packet_id: u16,
         state: OutboundState,
     },
-    /// A queued message is done with (acknowledged, expired or dropped by policy).
+    /// A queued message is done with (acknowledged, expired, dropped by policy, conflated).
     Delivered {
         client_id: Arc<str>,
         seq: u64,
@@ -116,28 +118,95 @@ pub enum StoreError {
     Io(String),
     #[error("stored data is damaged: {0}")]
     Damaged(String),
+    #[error("messages are missing: {0}")]
+    Lost(String),
     #[error("the store is closed")]
     Closed,
 }
 
-/// What a store hands back at start: the sessions, retained messages and revoked users it
-/// holds, as changes to replay in order, and the losses it found.
+/// A stored session as recovery finds it. Its queue stays on disk: only where it starts and
+/// ends is known, and the connection that resumes it reads it back in pieces.
+#[derive(Clone, Debug)]
+pub struct RecoveredSession {
+    pub client_id: Arc<str>,
+    pub record: SessionRecord,
+    pub subscriptions: Vec<(String, SubscriptionOptions)>,
+    pub inbound_qos2: Vec<u16>,
+    pub queue: QueueSpan,
+}
+
+/// Where a stored queue is: entries `first..next` (those marked done included), how many are
+/// still to deliver and their bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueSpan {
+    pub first: u64,
+    pub next: u64,
+    pub pending: usize,
+    pub bytes: usize,
+}
+
+/// What a store hands back at start.
 #[derive(Debug, Default)]
 pub struct Recovered {
-    pub changes: Vec<Change>,
-    /// Client ids whose stored queue has a gap brokk cannot fill, with what is missing.
+    pub sessions: Vec<RecoveredSession>,
+    pub retained: Vec<Arc<Message>>,
+    pub revoked: Vec<Arc<str>>,
+    /// Client ids whose stored state could not be kept whole, with what is missing: they end
+    /// with `lost_messages`, never resumed silently.
     pub lost: Vec<(Arc<str>, String)>,
+}
+
+/// A queue entry read back from the store.
+#[derive(Clone, Debug)]
+pub struct StoredDelivery {
+    pub seq: u64,
+    pub message: Arc<Message>,
+    pub qos: QoS,
+    pub retain: bool,
+    pub subscription_identifiers: Vec<u32>,
+    /// It was in flight: resent with its packet id (PUBLISH with DUP, or PUBREL).
+    pub inflight: Option<(u16, OutboundState)>,
+}
+
+/// A piece of a stored queue, and where the next piece starts.
+#[derive(Debug, Default)]
+pub struct LoadedQueue {
+    pub deliveries: Vec<StoredDelivery>,
+    /// Sequence numbers read, done ones included: the next read starts at `from + read`.
+    pub next: u64,
 }
 
 /// A destination for changes. Implementations are shared by every connection task.
 pub trait SessionStore: Send + Sync + 'static {
     /// Whether anything survives a restart. When false, callers skip building changes.
     fn durable(&self) -> bool;
+    /// Whether a commit waits for the disk, so that acknowledgements wait for their commit.
+    fn waits(&self) -> bool {
+        false
+    }
     /// Takes a batch of changes, in order. The returned commit resolves once they are as
     /// durable as the store makes them.
     fn submit(&self, changes: Vec<Change>) -> Commit;
+    /// Reads up to `limit` entries of `client_id`'s stored queue from `from`, after every
+    /// batch submitted before it.
+    fn load(&self, client_id: Arc<str>, from: u64, limit: usize) -> Load;
     /// Reads back everything stored (once, at start).
     fn recover(&self) -> Result<Recovered, StoreError>;
+    /// Writes what was submitted and lets go of the store (at shutdown).
+    fn close(&self) {}
+}
+
+/// The answer to [`SessionStore::load`].
+pub struct Load(pub oneshot::Receiver<Result<LoadedQueue, StoreError>>);
+
+impl Future for Load {
+    type Output = Result<LoadedQueue, StoreError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(StoreError::Closed)))
+    }
 }
 
 /// The completion of a submitted batch: ready at once for a store that does not persist.

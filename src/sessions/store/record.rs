@@ -43,6 +43,7 @@ pub enum RecordKind {
     InboundQos2 = 5,
     Retained = 6,
     RevokedUser = 7,
+    Subscription = 8,
 }
 
 impl RecordKind {
@@ -55,6 +56,7 @@ impl RecordKind {
             5 => RecordKind::InboundQos2,
             6 => RecordKind::Retained,
             7 => RecordKind::RevokedUser,
+            8 => RecordKind::Subscription,
             _ => return None,
         })
     }
@@ -175,6 +177,10 @@ pub enum InflightState {
     AwaitingPubRec = 1,
     /// PUBREL sent, PUBCOMP awaited (PUBREL resent after a restart).
     AwaitingPubComp = 2,
+    /// Acknowledged (or dropped, or expired) out of order: the entry stays, marked, until the
+    /// entries before it are done too, so a stored queue never has holes and a missing entry
+    /// always means a loss.
+    Done = 3,
 }
 
 /// An outbound packet id in use: the delivery it carries is the queue entry `seq`, kept until
@@ -219,6 +225,7 @@ pub enum Record {
     InboundQos2(InboundQos2Record),
     Retained(RetainedRecord),
     RevokedUser(RevokedUserRecord),
+    Subscription(SubscriptionRecord),
 }
 
 /// A record type: its kind byte and its body.
@@ -262,6 +269,7 @@ pub fn decode_any(bytes: &[u8]) -> Result<Record, FormatError> {
         RecordKind::InboundQos2 => Record::InboundQos2(read_all(body)?),
         RecordKind::Retained => Record::Retained(read_all(body)?),
         RecordKind::RevokedUser => Record::RevokedUser(read_all(body)?),
+        RecordKind::Subscription => Record::Subscription(read_all(body)?),
     })
 }
 
@@ -275,6 +283,7 @@ impl Record {
             Record::InboundQos2(r) => encode(r),
             Record::Retained(r) => encode(r),
             Record::RevokedUser(r) => encode(r),
+            Record::Subscription(r) => encode(r),
         }
     }
 }
@@ -605,6 +614,18 @@ impl SubscriptionRecord {
     }
 }
 
+/// A subscription on its own, keyed by its session and filter (a session with thousands of
+/// subscriptions is not rewritten whole for each one).
+impl StoredRecord for SubscriptionRecord {
+    const KIND: RecordKind = RecordKind::Subscription;
+    fn write_body(&self, w: &mut Writer) -> Result<(), FormatError> {
+        self.write(w)
+    }
+    fn read_body(r: &mut Reader<'_>) -> Result<Self, FormatError> {
+        SubscriptionRecord::read(r)
+    }
+}
+
 impl StoredRecord for MessageRecord {
     const KIND: RecordKind = RecordKind::Message;
     fn write_body(&self, w: &mut Writer) -> Result<(), FormatError> {
@@ -678,6 +699,7 @@ impl StoredRecord for InflightRecord {
             0 => InflightState::AwaitingPubAck,
             1 => InflightState::AwaitingPubRec,
             2 => InflightState::AwaitingPubComp,
+            3 => InflightState::Done,
             v => {
                 return Err(FormatError::InvalidValue {
                     field: "state",
