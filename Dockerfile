@@ -61,13 +61,16 @@ RUN mkdir -p /var/lib/brokk && chown 10001:10001 /var/lib/brokk
 ENV BROKK_STORAGE__PATH=/var/lib/brokk
 VOLUME /var/lib/brokk
 USER 10001:10001
-# MQTT, MQTT over TLS (when [listeners.tls] is configured), Prometheus metrics.
+# MQTT, MQTT over TLS (when [listeners.tls] is configured), Prometheus metrics. The admin API
+# listens on the container's loopback only (bind it to 0.0.0.0 with a token_file to publish it).
 EXPOSE 1883 8883 9883
 # brokk shuts down gracefully (exit 0) on SIGTERM, which `docker stop` sends.
 STOPSIGNAL SIGTERM
-# A TCP connect to the MQTT port (bash is in the runtime image; no curl needed). brokk counts
-# each probe as a connection_lost close (logged at debug level only: no CONNECT was sent).
-HEALTHCHECK --interval=30s --timeout=3s --start-period=5s --retries=3 \
-  CMD ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/1883"]
+# GET /v1/health on the admin API (127.0.0.1:9884 inside the container; no token needed): a
+# probe that opens no MQTT connection, so it is neither logged nor counted as a close.
+# `docker exec CONTAINER brokk ctl sessions` (kick, revoke, closes, ...) uses the same API. A
+# configuration with [admin] enabled = false needs `docker run --no-healthcheck` (or its own).
+HEALTHCHECK --interval=15s --timeout=5s --start-period=5s --retries=3 \
+  CMD ["brokk", "ctl", "health"]
 ENTRYPOINT ["brokk"]
 CMD ["--config", "/etc/brokk/broker.toml"]

@@ -45,6 +45,8 @@ class Broker:
             'bind = "127.0.0.1:%d"' % self.port,
             "[metrics]",
             'bind = "127.0.0.1:%d"' % self.metrics_port,
+            "[admin]",
+            'bind = "127.0.0.1:0"',
             "[storage]",
             'path = "%s"' % os.path.join(self.dir.name, "store"),
         ]

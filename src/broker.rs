@@ -1,12 +1,13 @@
 //! The broker's shared state, handed to every connection task: the configuration, the
-//! authenticator, the metric handles, and the sessions module (which owns the session table
-//! and publishes through the router).
+//! authenticator, the metric handles, the sessions module (which owns the session table
+//! and publishes through the router) and the close history.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crate::auth::Authenticator;
 use crate::config::Config;
+use crate::history::CloseHistory;
 use crate::metrics::Stats;
 use crate::routing::Routing;
 use crate::sessions::Sessions;
@@ -19,9 +20,13 @@ pub struct Broker {
     pub sessions: Arc<Sessions>,
     /// Open network connections (for `max_connections`).
     pub connections: AtomicUsize,
+    /// The latest closes, for the admin API (`admin.close_history`).
+    pub closes: CloseHistory,
     /// For assigned client identifiers: unique within this process.
     next_client_number: AtomicU64,
     started: std::time::SystemTime,
+    /// For `$SYS/broker/uptime` (monotonic: a clock change does not move it).
+    up_since: std::time::Instant,
 }
 
 impl Broker {
@@ -34,14 +39,17 @@ impl Broker {
         let stats = Arc::new(Stats::new());
         let routing = Arc::new(Routing::new(stats.clone(), config.session.conflate.clone()));
         let sessions = Sessions::new(routing, store, &config.limits, stats.queued.clone());
+        let closes = CloseHistory::new(config.admin.close_history);
         Broker {
             config,
             auth,
             stats,
             sessions,
             connections: AtomicUsize::new(0),
+            closes,
             next_client_number: AtomicU64::new(1),
             started: std::time::SystemTime::now(),
+            up_since: std::time::Instant::now(),
         }
     }
 
@@ -67,6 +75,11 @@ impl Broker {
             tracing::info!(sessions = ended, "waiting sessions of revoked users ended");
         }
         Ok(report)
+    }
+
+    /// How long the broker has been running.
+    pub fn uptime(&self) -> std::time::Duration {
+        self.up_since.elapsed()
     }
 
     /// `max_session_expiry` in seconds.

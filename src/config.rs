@@ -26,6 +26,7 @@ pub struct Config {
     pub session: SessionConfig,
     pub auth: AuthConfig,
     pub storage: StorageConfig,
+    pub admin: AdminConfig,
     pub log: LogConfig,
 }
 
@@ -200,6 +201,22 @@ pub struct JwtConfig {
     pub audience: String,
 }
 
+/// The control plane: the HTTP admin API, the close history and the `$SYS` topics.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// The HTTP admin API (JSON). The close history and `$SYS` do not depend on it.
+    pub enabled: bool,
+    pub bind: BindAddr,
+    /// A file holding the bearer token; empty = no token (only allowed on a loopback bind).
+    pub token_file: PathBuf,
+    /// Closes kept in the close history (the latest ones; 0 = none).
+    pub close_history: usize,
+    /// How often the `$SYS` topics are published (0 = never).
+    #[serde(with = "humantime_serde")]
+    pub sys_interval: Duration,
+}
+
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
@@ -231,8 +248,21 @@ impl Default for Config {
             limits: Limits::default(),
             session: SessionConfig::default(),
             auth: AuthConfig::default(),
+            admin: AdminConfig::default(),
             storage: StorageConfig::default(),
             log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            enabled: true,
+            bind: SocketAddr::from(([127, 0, 0, 1], 9884)).into(),
+            token_file: PathBuf::new(),
+            close_history: 10_000,
+            sys_interval: Duration::from_secs(10),
         }
     }
 }
@@ -456,9 +486,97 @@ impl Config {
                 format!("{e} (write e.g. \"info\" or \"info,brokk=debug\")"),
             ));
         }
-        validate_auth(&self.auth)
+        validate_auth(&self.auth)?;
+        self.validate_admin()
+    }
+
+    fn validate_admin(&self) -> Result<(), ConfigError> {
+        let admin = &self.admin;
+        if admin.close_history > MAX_CLOSE_HISTORY {
+            return Err(invalid(
+                "admin.close_history",
+                format!("must be at most {MAX_CLOSE_HISTORY}"),
+            ));
+        }
+        if !admin.sys_interval.is_zero() && admin.sys_interval < Duration::from_secs(1) {
+            return Err(invalid(
+                "admin.sys_interval",
+                "must be 0 (off) or at least 1s",
+            ));
+        }
+        if !admin.enabled {
+            return Ok(());
+        }
+        let port = admin.bind.port();
+        let clash = port != 0
+            && (self.listeners.values().any(|l| l.bind == admin.bind)
+                || (self.metrics.enabled && self.metrics.bind == admin.bind));
+        if clash {
+            return Err(invalid(
+                "admin.bind",
+                format!("{} is also a listener or the metrics endpoint", admin.bind),
+            ));
+        }
+        if admin.token_file.as_os_str().is_empty() {
+            // Anyone who can reach the API can throw every client out: without a token, only
+            // this machine may.
+            if !admin.bind.is_loopback() {
+                return Err(invalid(
+                    "admin.token_file",
+                    format!(
+                        "required when admin.bind ({}) is not a loopback address",
+                        admin.bind
+                    ),
+                ));
+            }
+            return Ok(());
+        }
+        admin.token().map(|_| ())
     }
 }
+
+impl AdminConfig {
+    /// The bearer token from `token_file` (surrounding whitespace removed), or `None` when no
+    /// file is set. An unreadable or empty file is an error naming the key.
+    pub fn token(&self) -> Result<Option<String>, ConfigError> {
+        if self.token_file.as_os_str().is_empty() {
+            return Ok(None);
+        }
+        let key = "admin.token_file";
+        check_readable(key, &self.token_file)?;
+        let text = std::fs::read_to_string(&self.token_file).map_err(|e| {
+            invalid(
+                key,
+                format!("cannot read {}: {e}", self.token_file.display()),
+            )
+        })?;
+        let token = text.trim();
+        if token.is_empty() {
+            return Err(invalid(
+                key,
+                format!("{} holds no token", self.token_file.display()),
+            ));
+        }
+        if token.len() < MIN_TOKEN_LEN {
+            return Err(invalid(
+                key,
+                format!("the token must be at least {MIN_TOKEN_LEN} characters"),
+            ));
+        }
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(invalid(
+                key,
+                "the token must be printable ASCII without spaces (it travels in an HTTP header)",
+            ));
+        }
+        Ok(Some(token.to_string()))
+    }
+}
+
+/// The most closes `admin.close_history` may keep (each costs about 200 bytes and its strings).
+const MAX_CLOSE_HISTORY: usize = 1_000_000;
+/// A token shorter than this is guessable.
+const MIN_TOKEN_LEN: usize = 16;
 
 fn invalid(key: &str, why: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
@@ -1057,6 +1175,67 @@ mod tests {
         );
         let e = error("[auth]\nacl = \"x\"\n");
         assert!(e.starts_with("auth: unknown field `acl`"), "{e}");
+    }
+
+    #[test]
+    fn admin_keys_parse_and_a_public_bind_needs_a_token() {
+        let config = Config::from_toml(
+            "[admin]\nenabled = false\nbind = \"0.0.0.0:1\"\nclose_history = 5\nsys_interval = \"0s\"\n",
+        )
+        .unwrap();
+        assert!(!config.admin.enabled, "a disabled API needs no token");
+        assert_eq!(config.admin.close_history, 5);
+        assert!(config.admin.sys_interval.is_zero());
+        let e = error("[admin]\nbind = \"0.0.0.0:9884\"\n");
+        assert!(
+            e.starts_with("admin.token_file: required when admin.bind (0.0.0.0:9884)"),
+            "{e}"
+        );
+        Config::from_toml("[admin]\nbind = \"[::1]:9884\"\n").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        let with_token = |text: &str| {
+            std::fs::write(&token, text).unwrap();
+            Config::from_toml(&format!(
+                "[admin]\nbind = \"0.0.0.0:9884\"\ntoken_file = {:?}\n",
+                token.display().to_string()
+            ))
+        };
+        let config = with_token("  0123456789abcdef0123\n").unwrap();
+        assert_eq!(
+            config.admin.token().unwrap().as_deref(),
+            Some("0123456789abcdef0123")
+        );
+        for bad in ["", "short", "has a space in the middle"] {
+            let e = with_token(bad).unwrap_err().to_string();
+            assert!(e.starts_with("admin.token_file:"), "{bad:?}: {e}");
+        }
+        assert_eq!(
+            invalid_key("[admin]\ntoken_file = \"/nonexistent/token\"\n"),
+            "admin.token_file"
+        );
+    }
+
+    #[test]
+    fn admin_ranges_and_clashes() {
+        assert_eq!(
+            invalid_key("[admin]\nsys_interval = \"500ms\"\n"),
+            "admin.sys_interval"
+        );
+        assert_eq!(
+            invalid_key("[admin]\nclose_history = 2000000\n"),
+            "admin.close_history"
+        );
+        assert_eq!(
+            invalid_key(
+                "[listeners.tcp]\nbind = \"127.0.0.1:9884\"\n[admin]\nbind = \"127.0.0.1:9884\"\n"
+            ),
+            "admin.bind"
+        );
+        assert_eq!(
+            invalid_key("[metrics]\nbind = \"127.0.0.1:9884\"\n"),
+            "admin.bind"
+        );
     }
 
     #[test]

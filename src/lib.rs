@@ -11,15 +11,21 @@
 //! - [`router`]: topic filters, the subscription index, shared groups, retained messages;
 //!   `routing`: the router as the broker shares it.
 //! - `sessions::store::record`: the records of the durable session store (encoding, checksums).
+//! - [`admin`]: the HTTP admin API (sessions, kicks, revokes, the close history);
+//!   `ctl`: its command-line client, `brokk ctl`; `sys`: the `$SYS` topics.
+//! - [`history`]: the latest closes, for "why did client X disconnect?".
 //! - [`auth`], [`tls`], [`metrics`], [`logging`]: operations; [`server::preflight`] loads
 //!   everything a start needs (shared by `--check-config`).
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod auth;
 pub mod broker;
 pub mod close;
 pub mod config;
 pub mod connection;
+pub mod ctl;
+pub mod history;
 pub mod logging;
 mod logsafe;
 mod message;
@@ -29,4 +35,5 @@ pub mod router;
 mod routing;
 pub mod server;
 pub mod sessions;
+mod sys;
 pub mod tls;

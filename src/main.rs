@@ -42,12 +42,16 @@ enum Command {
         file: PathBuf,
         user: String,
     },
+    /// The admin API from a shell: sessions, kicks, revokes, the close history.
+    Ctl(brokk::ctl::CtlArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Passwd { delete, file, user }) = cli.command {
-        return passwd(delete, &file, &user);
+    match cli.command {
+        Some(Command::Passwd { delete, file, user }) => return passwd(delete, &file, &user),
+        Some(Command::Ctl(args)) => return brokk::ctl::main(args),
+        None => {}
     }
     let config = match Config::load(cli.config.as_deref()) {
         Ok(config) => config,

@@ -115,8 +115,13 @@ pub fn refusal_code(reason_code: u8) -> &'static str {
 
 /// Counts a CONNECT refused with CONNACK `reason_code` (v5 numbering).
 pub fn count_refused_connect(protocol: &'static str, reason_code: u8) {
-    counter!(CONNECTS, "protocol" => protocol, "result" => "refused", "code" => refusal_code(reason_code))
-        .increment(1);
+    count_refused_connect_as(protocol, refusal_code(reason_code));
+}
+
+/// Counts a refused CONNECT under `code` (a [`REFUSAL_CODES`] label), for refusals whose label
+/// is not their reason code's name (a revoked user: 0x87 on the wire, `banned` here).
+pub fn count_refused_connect_as(protocol: &'static str, code: &'static str) {
+    counter!(CONNECTS, "protocol" => protocol, "result" => "refused", "code" => code).increment(1);
 }
 /// `brokk_messages_{received,sent}_total{qos}` values.
 pub const QOS_LABELS: [&str; 3] = ["0", "1", "2"];

@@ -1,6 +1,7 @@
-//! Listeners, the accept loop, the connection limit, the metrics endpoint, and graceful
-//! shutdown: stop accepting, tell every connection to finish (v5 clients get DISCONNECT
-//! 0x8B after their pending output), wait for them within the drain deadline.
+//! Listeners, the accept loop, the connection limit, the metrics endpoint, the admin API, the
+//! `$SYS` topics, and graceful shutdown: stop accepting, tell every connection to finish (v5
+//! clients get DISCONNECT 0x8B after their pending output), wait for them within the drain
+//! deadline.
 
 mod preflight;
 mod warnings;
@@ -61,6 +62,7 @@ pub struct Server {
     broker: Arc<Broker>,
     listeners: Vec<(String, SocketAddr)>,
     metrics_addr: Option<SocketAddr>,
+    admin_addr: Option<SocketAddr>,
     shutdown_tx: watch::Sender<bool>,
     /// Every connection task holds a clone of the sender; all dropped = all finished.
     drained_rx: mpsc::Receiver<()>,
@@ -75,6 +77,7 @@ impl Server {
             auth,
             listeners: prepared,
             metrics,
+            admin,
             warnings,
         } = preflight(&config)?;
         for warning in &warnings {
@@ -104,6 +107,12 @@ impl Server {
         let store = open_store(&config.storage).await?;
         let broker = Arc::new(Broker::with_store(config, auth, store.clone()));
         restore(&broker, store).await?;
+        let admin_addr = start_admin(&broker, admin.as_deref(), &shutdown_rx)?;
+        let interval = broker.config.admin.sys_interval;
+        if !interval.is_zero() {
+            let sys = crate::sys::run(broker.clone(), handle, interval, shutdown_rx.clone());
+            tokio::spawn(sys);
+        }
         let (drain_tx, drained_rx) = mpsc::channel(1);
         let mut listeners = Vec::new();
         let mut accept_tasks = Vec::new();
@@ -128,6 +137,7 @@ impl Server {
             broker,
             listeners,
             metrics_addr,
+            admin_addr,
             shutdown_tx,
             drained_rx,
             drain_tx: Some(drain_tx),
@@ -149,6 +159,11 @@ impl Server {
 
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_addr
+    }
+
+    /// The admin API's bound address, when `[admin] enabled`.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     pub fn broker(&self) -> &Arc<Broker> {
@@ -179,6 +194,35 @@ impl Server {
             tracing::error!("the store did not close cleanly");
         }
     }
+}
+
+/// Binds and serves the admin API when `[admin] enabled` (`addrs`: its resolved bind); the
+/// first bound address.
+fn start_admin(
+    broker: &Arc<Broker>,
+    addrs: Option<&[SocketAddr]>,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<Option<SocketAddr>, StartError> {
+    let Some(addrs) = addrs else {
+        return Ok(None);
+    };
+    let state = Arc::new(crate::admin::AdminState {
+        broker: broker.clone(),
+        token: broker.config.admin.token()?,
+    });
+    let router = crate::admin::router(state);
+    let mut first = None;
+    for socket in bind_all("admin.bind", addrs, 128)? {
+        if let Ok(addr) = socket.local_addr() {
+            first = first.or(Some(addr));
+            tracing::info!(%addr, "admin API listening");
+        }
+        let mut stop = shutdown.clone();
+        tokio::spawn(crate::admin::serve(socket, router.clone(), async move {
+            stopped(&mut stop).await
+        }));
+    }
+    Ok(first)
 }
 
 /// The store `[storage]` asks for: on disk (opened, or created), or in memory.
@@ -364,23 +408,28 @@ async fn serve_socket(
                         }
                         connection::serve(ctx, tls_stream).await
                     }
-                    Ok(Err(error)) => connection::log_close(
-                        None,
-                        ctx.peer,
-                        CloseReason::IoException,
-                        started,
-                        Some(&crate::tls::handshake_failure(&error)),
-                    ),
-                    Err(_) => connection::log_close(
-                        None,
-                        ctx.peer,
-                        CloseReason::IoException,
-                        started,
-                        Some("TLS handshake timed out"),
-                    ),
+                    Ok(Err(error)) => {
+                        let detail = crate::tls::handshake_failure(&error);
+                        let ended = handshake_failed(&ctx, &detail);
+                        connection::log_close(&ctx.broker, ended, started)
+                    }
+                    Err(_) => {
+                        let ended = handshake_failed(&ctx, "TLS handshake timed out");
+                        connection::log_close(&ctx.broker, ended, started)
+                    }
                 }
             })
             .await
         }
+    }
+}
+
+fn handshake_failed<'a>(ctx: &ConnectionContext, detail: &'a str) -> connection::Ended<'a> {
+    connection::Ended {
+        client_id: None,
+        user: None,
+        peer: ctx.peer,
+        reason: CloseReason::IoException,
+        detail: Some(detail),
     }
 }

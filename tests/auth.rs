@@ -450,13 +450,18 @@ impl Binary {
 
     /// The next log line containing `text` (earlier lines are skipped).
     fn wait_for(&self, text: &str) -> String {
+        let mut skipped = Vec::new();
         loop {
             let line = self.lines.recv_timeout(WAIT).unwrap_or_else(|_| {
-                panic!("brokk never logged {text:?}");
+                panic!(
+                    "brokk never logged {text:?}; it logged meanwhile:\n{}",
+                    skipped.join("\n")
+                );
             });
             if line.contains(text) {
                 return line;
             }
+            skipped.push(line);
         }
     }
 
@@ -487,7 +492,7 @@ async fn sighup_reloads_users_and_a_broken_file_keeps_the_old_rules() {
     std::fs::write(
         &config,
         format!(
-            "[listeners.tcp]\nbind = \"127.0.0.1:0\"\n[metrics]\nbind = \"127.0.0.1:0\"\n\
+            "[listeners.tcp]\nbind = \"127.0.0.1:0\"\n[metrics]\nbind = \"127.0.0.1:0\"\n[admin]\nbind = \"127.0.0.1:0\"\n\
              [auth]\nallow_anonymous = false\npassword_file = {:?}\nacl_file = {:?}\n",
             passwd.display().to_string(),
             acl.display().to_string()

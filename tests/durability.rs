@@ -31,7 +31,7 @@ fn config_with(dir: &Path, backend: &str, limits: &str) -> PathBuf {
     std::fs::write(
         &path,
         format!(
-            "[listeners.tcp]\nbind = \"127.0.0.1:0\"\n\n[metrics]\nenabled = false\n\n\
+            "[listeners.tcp]\nbind = \"127.0.0.1:0\"\n\n[metrics]\nenabled = false\n\n[admin]\nenabled = false\n\n\
              [storage]\nbackend = \"{backend}\"\npath = \"{}\"\nsync = \"always\"\n\n\
              [limits]\nshutdown_drain = \"300ms\"\n{limits}",
             dir.join("store").display()

@@ -60,7 +60,7 @@ impl Broker {
                     &conf,
                     &format!(
                         "[listeners.tcp]\nbind = \"127.0.0.1:{port}\"\n\n[metrics]\nenabled = false\n\n\
-                         [storage]\nbackend = \"memory\"\n\n\
+                         [storage]\nbackend = \"memory\"\n\n[admin]\nenabled = false\n\n\
                          [limits]\nmax_connections = 1000000\nreceive_maximum = {inf}\nmax_inflight = {inf}\n\
                          max_queue_depth = {q}\nmax_queue_depth_disconnected = {q}\n",
                         inf = s.inflight,

@@ -36,6 +36,15 @@ impl BindAddr {
         }
     }
 
+    /// Whether only this machine can reach it: a loopback address, or `localhost` (which the
+    /// system resolves to loopback addresses; checked without asking the resolver).
+    pub fn is_loopback(&self) -> bool {
+        match self {
+            BindAddr::Ip(addr) => addr.ip().is_loopback(),
+            BindAddr::Name { host, .. } => host.eq_ignore_ascii_case("localhost"),
+        }
+    }
+
     /// Every address the value stands for (a host name may resolve to several, e.g. `::1`
     /// and `127.0.0.1` for `localhost`), without duplicates, in resolver order. Blocking: a
     /// host name asks the system resolver.

@@ -19,13 +19,14 @@ pub const NOT_CONFIGURATION: [&str; 6] = [
 
 /// The top-level sections of broker.toml (kept equal to `Config`'s fields by a test), for the
 /// "did you mean" hint.
-pub(super) const SECTIONS: [&str; 7] = [
+pub(super) const SECTIONS: [&str; 8] = [
     "listeners",
     "metrics",
     "limits",
     "session",
     "auth",
     "storage",
+    "admin",
     "log",
 ];
 

@@ -29,6 +29,7 @@ impl Config {
         paths.push(("auth.acl_file".to_string(), &mut auth.acl_file));
         paths.push(("auth.jwt.key_file".to_string(), &mut auth.jwt.key_file));
         paths.push(("storage.path".to_string(), &mut self.storage.path));
+        paths.push(("admin.token_file".to_string(), &mut self.admin.token_file));
         paths
     }
 

@@ -1,5 +1,6 @@
 //! How a connection ends: the v5 DISCONNECT that says why, what is owed flushed within a
-//! deadline, the session handed back through its lease, and the close logged and counted once.
+//! deadline, the session handed back through its lease, and the close logged, counted and
+//! recorded in the close history once.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -7,13 +8,15 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
+use crate::broker::Broker;
 use crate::close::CloseReason;
+use crate::history::Closed;
 use crate::logsafe::LogId;
 use crate::protocol::{self, Disconnect, Packet, Version};
 
-use super::Close;
 use super::io::Io;
 use super::run::Connection;
+use super::{Close, ConnectionContext};
 
 /// How long the final DISCONNECT (and pending output) may take to write on a close that is
 /// not a shutdown.
@@ -21,10 +24,12 @@ const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A close before any session exists (no CONNECT, a bad or refused CONNECT, a timeout):
 /// what is owed (a CONNACK refusal) is flushed briefly, then the close is logged and counted.
+/// `user` is the user name a refused CONNECT claimed (or proved).
 pub(super) async fn close_unattached<R, W>(
     mut io: Io<R, W>,
-    peer: SocketAddr,
+    ctx: &ConnectionContext,
     client_id: Option<&str>,
+    user: Option<&str>,
     close: Close,
     started: Instant,
 ) where
@@ -33,11 +38,15 @@ pub(super) async fn close_unattached<R, W>(
 {
     flush_and_shut(&mut io).await;
     log_close(
-        client_id,
-        peer,
-        close.reason,
+        &ctx.broker,
+        Ended {
+            client_id,
+            user,
+            peer: ctx.peer,
+            reason: close.reason,
+            detail: close.detail.as_deref(),
+        },
         started,
-        close.detail.as_deref(),
     );
 }
 
@@ -56,14 +65,44 @@ where
     }
 }
 
-/// Counts and logs one close: every connection ends here exactly once.
-pub(crate) fn log_close(
-    client_id: Option<&str>,
-    peer: SocketAddr,
-    reason: CloseReason,
-    started: Instant,
-    detail: Option<&str>,
-) {
+/// Who and what a close was about.
+pub(crate) struct Ended<'a> {
+    pub client_id: Option<&'a str>,
+    pub user: Option<&'a str>,
+    pub peer: SocketAddr,
+    pub reason: CloseReason,
+    pub detail: Option<&'a str>,
+}
+
+/// Records (in the close history), counts and logs one close: every connection ends here
+/// exactly once.
+pub(crate) fn log_close(broker: &Broker, ended: Ended<'_>, started: Instant) {
+    record_close(broker, &ended, started);
+    count_and_log(&ended, started);
+}
+
+/// The close history's part of [`log_close`]. An attached connection records its close before
+/// it lets go of its session, so that whoever waits for that (a kick, a revoke) finds the
+/// close in the history.
+fn record_close(broker: &Broker, ended: &Ended<'_>, started: Instant) {
+    broker.closes.record(Closed {
+        client_id: ended.client_id,
+        user: ended.user,
+        peer: ended.peer,
+        reason: ended.reason,
+        detail: ended.detail,
+        duration_ms: started.elapsed().as_millis() as u64,
+    });
+}
+
+fn count_and_log(ended: &Ended<'_>, started: Instant) {
+    let Ended {
+        client_id,
+        peer,
+        reason,
+        detail,
+        ..
+    } = *ended;
     metrics::counter!(crate::metrics::CONNECTIONS_CLOSED, "reason" => reason.label()).increment(1);
     let duration_ms = started.elapsed().as_millis() as u64;
     let id = client_id.unwrap_or("-");
@@ -139,19 +178,23 @@ impl Connection {
         }
         drop(io);
         let Connection {
+            broker,
             lease,
             client_id,
             peer,
             will_on_close,
             ..
         } = self;
-        lease.finish(reason, will_on_close, close.discard).await;
-        log_close(
-            Some(&client_id),
+        let user = lease.user().cloned();
+        let ended = Ended {
+            client_id: Some(&client_id),
+            user: user.as_deref(),
             peer,
             reason,
-            started,
-            close.detail.as_deref(),
-        );
+            detail: close.detail.as_deref(),
+        };
+        record_close(&broker, &ended, started);
+        lease.finish(reason, will_on_close, close.discard).await;
+        count_and_log(&ended, started);
     }
 }

@@ -160,8 +160,11 @@ fn check_will(will: &Will, version: Version, limits: &Limits) -> Result<(), Refu
 /// A CONNECT that was refused, for the close log and the refusal metric.
 pub(super) struct Refused {
     pub version: Version,
-    pub code: u8,
+    /// The `code` label of `brokk_connects_total{result="refused"}`.
+    pub metric: &'static str,
     pub client_id: Option<String>,
+    /// The user name the CONNECT claimed (for the close history).
+    pub user: Option<String>,
     pub why: String,
 }
 
@@ -176,9 +179,19 @@ fn refuse<R, W>(io: &mut Io<R, W>, connect: &Connect, refusal: Refusal) -> Refus
     }
     Refused {
         version: connect.version,
-        code: refusal.code,
+        metric: crate::metrics::refusal_code(refusal.code),
         client_id: (!connect.client_id.is_empty()).then(|| connect.client_id.clone()),
+        user: connect.username.clone(),
         why: refusal.why,
+    }
+}
+
+/// A revoked user's CONNECT: v5 0x87 Not authorized (3.1.1 rc 5), counted as `banned`.
+fn refuse_revoked<R, W>(io: &mut Io<R, W>, connect: &Connect, user: &str) -> Refused {
+    Refused {
+        metric: "banned",
+        user: Some(user.to_string()),
+        ..refuse(io, connect, refusal(0x87, "user revoked"))
     }
 }
 
@@ -209,6 +222,11 @@ where
     let login = authz::log_in(ctx, &connect)
         .await
         .map_err(|r| refuse(io, &connect, r))?;
+    if let Some(user) = &login.user
+        && broker.sessions.is_revoked(user)
+    {
+        return Err(refuse_revoked(io, &connect, user));
+    }
     let assigned = negotiated
         .client_id
         .is_none()

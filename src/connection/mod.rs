@@ -35,7 +35,7 @@ use crate::broker::Broker;
 use crate::close::{CloseReason, InvalidKind};
 use crate::protocol::{self, DecodeError, Packet, Version};
 
-pub(crate) use close::log_close;
+pub(crate) use close::{Ended, log_close};
 pub use connect::{Negotiated, Refusal, negotiate};
 
 use io::Io;
@@ -118,14 +118,14 @@ where
         // loop's state in its task, not the largest of all its phases.
         result = Box::pin(tokio::time::timeout(timeout, io.read_connect(&broker.stats, max))) => match result {
             Ok(Ok(connect)) => connect,
-            Ok(Err(close)) => return Box::pin(close::close_unattached(io, ctx.peer, None, close, started)).await,
+            Ok(Err(close)) => return Box::pin(close::close_unattached(io, &ctx, None, None, close, started)).await,
             Err(_) => {
                 let close = Close::detailed(CloseReason::ClientUnresponsive, "no CONNECT within connect_timeout".to_string());
-                return Box::pin(close::close_unattached(io, ctx.peer, None, close, started)).await;
+                return Box::pin(close::close_unattached(io, &ctx, None, None, close, started)).await;
             }
         },
         _ = crate::server::stopped(&mut shutdown) => {
-            return Box::pin(close::close_unattached(io, ctx.peer, None, CloseReason::ServerShutdown.into(), started)).await;
+            return Box::pin(close::close_unattached(io, &ctx, None, None, CloseReason::ServerShutdown.into(), started)).await;
         }
     };
 
@@ -135,11 +135,12 @@ where
             Box::pin(conn.finish(io, close, started)).await;
         }
         Err(refused) => {
-            crate::metrics::count_refused_connect(refused.version.label(), refused.code);
+            crate::metrics::count_refused_connect_as(refused.version.label(), refused.metric);
             let close = Close::detailed(CloseReason::Aborted, refused.why);
             let client_id = refused.client_id.as_deref();
+            let user = refused.user.as_deref();
             Box::pin(close::close_unattached(
-                io, ctx.peer, client_id, close, started,
+                io, &ctx, client_id, user, close, started,
             ))
             .await;
         }

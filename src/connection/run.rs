@@ -428,7 +428,7 @@ impl Connection {
         }
     }
 
-    /// A message from the sessions module (a takeover, a kick, a revoke).
+    /// A message from the sessions module (a takeover, a kick, a revoke, an admin's question).
     async fn on_control<R, W>(
         &mut self,
         control: Control,
@@ -459,6 +459,11 @@ impl Connection {
                 discard,
                 ..reason.into()
             }),
+            Control::Subscriptions { reply } => {
+                // The asker may have given up: nothing to do then.
+                let _ = reply.send(self.lease.subscription_list());
+                None
+            }
         }
     }
 }

@@ -16,6 +16,8 @@ pub struct Prepared {
     pub listeners: Vec<PreparedListener>,
     /// The metrics endpoint's addresses; `None` when it is disabled.
     pub metrics: Option<Vec<SocketAddr>>,
+    /// The admin API's addresses; `None` when it is disabled.
+    pub admin: Option<Vec<SocketAddr>>,
     /// Legal but probably unintended settings, one sentence each (logged at WARN on start,
     /// printed by `--check-config`).
     pub warnings: Vec<String>,
@@ -51,11 +53,17 @@ pub fn preflight(config: &Config) -> Result<Prepared, StartError> {
     } else {
         None
     };
+    let admin = if config.admin.enabled {
+        Some(resolve("admin.bind", &config.admin.bind)?)
+    } else {
+        None
+    };
     let warnings = super::warnings::collect(config, &listeners);
     Ok(Prepared {
         auth,
         listeners,
         metrics,
+        admin,
         warnings,
     })
 }

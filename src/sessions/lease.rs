@@ -9,7 +9,7 @@ use crate::message::Message;
 use crate::protocol::Version;
 use crate::router::SubscriptionOptions;
 
-use super::mailbox::{Control, Mailbox};
+use super::mailbox::{Control, Mailbox, SubscriptionList};
 use super::queue::Queue;
 use super::state::SessionState;
 use super::store::{Change, Commit, Load};
@@ -85,6 +85,22 @@ impl Lease {
 
     pub fn mailbox(&self) -> &Arc<Mailbox> {
         &self.mailbox
+    }
+
+    /// The connection's user (authenticated at CONNECT), for logs and the close history.
+    pub fn user(&self) -> Option<&Arc<str>> {
+        self.info.user.as_ref()
+    }
+
+    /// The session's subscriptions, sorted by filter (answers [`Control::Subscriptions`]).
+    pub fn subscription_list(&self) -> SubscriptionList {
+        let mut list: SubscriptionList = self
+            .state
+            .subscriptions()
+            .map(|(filter, options)| (filter.to_string(), options.clone()))
+            .collect();
+        list.sort_by(|a, b| a.0.cmp(&b.0));
+        list
     }
 
     pub fn sessions(&self) -> &Arc<Sessions> {

@@ -9,8 +9,12 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{Notify, oneshot};
 
 use crate::close::CloseReason;
+use crate::router::SubscriptionOptions;
 
 use super::state::SessionState;
+
+/// A session's subscriptions, sorted by filter.
+pub type SubscriptionList = Vec<(String, SubscriptionOptions)>;
 
 /// What a connection is asked to do.
 #[derive(Debug)]
@@ -22,6 +26,11 @@ pub enum Control {
     },
     /// Close with `reason`; `discard` ends the session too (a kick, a revoke).
     Close { reason: CloseReason, discard: bool },
+    /// An administrator asks for the session's subscriptions (which the connection holds
+    /// while connected): answer through `reply` and go on.
+    Subscriptions {
+        reply: oneshot::Sender<SubscriptionList>,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -70,6 +79,12 @@ impl Mailbox {
             }
             notified.await;
         }
+    }
+
+    /// Whether the connection has ended (its lease is gone, so its session has been left
+    /// waiting, handed over or ended).
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed
     }
 
     /// No more messages: later sends fail, and queued ones are dropped (a waiting taker sees

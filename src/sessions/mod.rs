@@ -14,6 +14,7 @@
 //! - [`SessionEnd`]: why a session ended, exactly once, logged and counted.
 //! - [`store`]: the [`store::SessionStore`] seam for stores that outlive the process.
 
+mod control;
 mod end;
 mod lease;
 mod mailbox;
@@ -34,9 +35,10 @@ use crate::message::Message;
 use crate::protocol::Will;
 use crate::routing::{Overflowed, Routing};
 
+pub use control::SessionDetail;
 pub use end::SessionEnd;
 pub use lease::Lease;
-pub use mailbox::{Control, Mailbox};
+pub use mailbox::{Control, Mailbox, SubscriptionList};
 pub use queue::{Backlog, Offer, Queue, QueueLimits};
 pub use restore::Restored;
 pub use state::{Ack, AckOutcome, InflightOut, OutboundState, SessionState};
@@ -67,6 +69,8 @@ pub struct Sessions {
     queued: metrics::Gauge,
     /// `brokk_sessions_ended_total`, one counter per [`SessionEnd`] (in `SessionEnd::ALL` order).
     ended: Vec<Counter>,
+    /// Users whose CONNECTs are refused (admin revoke), stored like sessions.
+    revoked: std::sync::RwLock<std::collections::HashSet<Arc<str>>>,
 }
 
 impl Sessions {
@@ -87,6 +91,7 @@ impl Sessions {
             limits: QueueLimits::from_config(limits),
             queued,
             ended,
+            revoked: Default::default(),
         })
     }
 
@@ -120,6 +125,17 @@ impl Sessions {
             info.clone(),
             || self.new_queue(),
         );
+        // A revoke that ran between the caller's check of the user and this attach did not
+        // see this connection: it is closed here instead (the revoke marks the user before it
+        // looks for sessions, so one of the two always sees the other).
+        if let Some(user) = &info.user
+            && self.is_revoked(user)
+        {
+            mailbox.send(Control::Close {
+                reason: crate::close::CloseReason::Revoked,
+                discard: true,
+            });
+        }
         let previous = match attached.previous {
             Previous::Nothing => None,
             Previous::Waiting(session) => Some(session),
@@ -175,38 +191,52 @@ impl Sessions {
 
     /// Closes `client_id`'s connection with `closed_by_controller` (v5 0x98), and with
     /// `discard` ends its session too; a waiting session is ended with `discard`. Whether
-    /// there was a session.
+    /// there was a session. (`kick_and_wait` also waits for the close to finish.)
     pub fn kick(&self, client_id: &str, discard: bool) -> bool {
-        let close = crate::sessions::Control::Close {
+        self.kick_connection(client_id, discard).0
+    }
+
+    /// `kick`, and the mailbox of the connection it closes, if one was connected.
+    fn kick_connection(&self, client_id: &str, discard: bool) -> (bool, Option<Arc<Mailbox>>) {
+        let close = Control::Close {
             reason: crate::close::CloseReason::ClosedByController,
             discard,
         };
-        if self.table.signal(client_id, close) {
-            return true;
+        if let Some(mailbox) = self.table.signal(client_id, close) {
+            return (true, Some(mailbox));
         }
         if discard && let Some((state, queue)) = self.table.discard_waiting(client_id) {
             self.end(state, &queue, SessionEnd::Kicked);
-            return true;
+            return (true, None);
         }
-        self.table.presence(client_id).is_some()
+        (self.table.presence(client_id).is_some(), None)
     }
 
     /// Closes every session of `user` with `revoked` (v5 0x87) and ends them; returns how many.
+    /// This does not refuse the user's next CONNECT (a reload that removed the user needs no
+    /// more); `revoke` does.
     pub fn revoke_user(&self, user: &str) -> usize {
+        self.close_user(user).0
+    }
+
+    /// `revoke_user`, and the mailboxes of the connections it closes.
+    fn close_user(&self, user: &str) -> (usize, Vec<Arc<Mailbox>>) {
+        let mut closing = Vec::new();
         let mut n = 0;
         for client_id in self.table.ids_of_user(user) {
             let close = Control::Close {
                 reason: crate::close::CloseReason::Revoked,
                 discard: true,
             };
-            if self.table.signal(&client_id, close) {
+            if let Some(mailbox) = self.table.signal(&client_id, close) {
+                closing.push(mailbox);
                 n += 1;
             } else if let Some((state, queue)) = self.table.discard_waiting(&client_id) {
                 self.end(state, &queue, SessionEnd::Revoked);
                 n += 1;
             }
         }
-        n
+        (n, closing)
     }
 
     /// Ends with `revoked` the waiting sessions whose last user `revoked` names (a reload

@@ -20,7 +20,7 @@ pub struct Restored {
     pub queued: usize,
     pub retained: usize,
     pub lost: usize,
-    /// Revoked users read back (the control plane keeps them refused).
+    /// Revoked users read back: their CONNECTs are refused again.
     pub revoked: Vec<Arc<str>>,
 }
 
@@ -33,6 +33,9 @@ impl Sessions {
             revoked: recovered.revoked,
             ..Restored::default()
         };
+        for user in &restored.revoked {
+            self.recover_revoked(user.clone(), true);
+        }
         for message in recovered.retained {
             self.routing.restore_retained(message);
         }

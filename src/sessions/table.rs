@@ -16,7 +16,7 @@ use tokio::task::AbortHandle;
 
 use crate::protocol::{Version, Will};
 
-use super::mailbox::{Control, Mailbox};
+use super::mailbox::{Control, Mailbox, SubscriptionList};
 use super::queue::Queue;
 use super::state::SessionState;
 
@@ -103,6 +103,15 @@ pub enum Detached {
     /// Another connection owns the client id now: the session goes to it through the
     /// [`Control::TakeOver`] that is, or will shortly be, in this connection's mailbox.
     NotOwner(Box<SessionState>),
+}
+
+/// Where a session's subscription list is.
+#[derive(Debug)]
+pub enum Holder {
+    /// A waiting session's, read from the table.
+    Table(SubscriptionList),
+    /// A connected session's connection holds it.
+    Connection(Arc<Mailbox>),
 }
 
 /// One session as a listing shows it.
@@ -338,15 +347,31 @@ impl Table {
         handle.abort();
     }
 
-    /// Sends `control` to the connected owner of `client_id`; false if none.
-    pub fn signal(&self, client_id: &str, control: Control) -> bool {
-        let Some(entry) = self.map.get(client_id) else {
-            return false;
-        };
+    /// Sends `control` to the connected owner of `client_id`; its mailbox if it took it.
+    pub fn signal(&self, client_id: &str, control: Control) -> Option<Arc<Mailbox>> {
+        let entry = self.map.get(client_id)?;
         match &entry.state {
-            State::Connected { mailbox } => mailbox.send(control),
-            State::Disconnected { .. } => false,
+            State::Connected { mailbox } => mailbox.send(control).then(|| mailbox.clone()),
+            State::Disconnected { .. } => None,
         }
+    }
+
+    /// One session as listings show it, with where its subscriptions are: in the table for a
+    /// waiting session, with the connection (ask it through its mailbox) for a connected one.
+    pub fn detail(&self, client_id: &str) -> Option<(SessionInfo, Holder)> {
+        let entry = self.map.get(client_id)?;
+        let holder = match &entry.state {
+            State::Connected { mailbox } => Holder::Connection(mailbox.clone()),
+            State::Disconnected { session, .. } => {
+                let mut list: SubscriptionList = session
+                    .subscriptions()
+                    .map(|(f, o)| (f.to_string(), o.clone()))
+                    .collect();
+                list.sort_by(|a, b| a.0.cmp(&b.0));
+                Holder::Table(list)
+            }
+        };
+        Some((describe(entry.key(), &entry), holder))
     }
 
     /// Whether `client_id` has a session, and whether its client is connected.

@@ -14,12 +14,12 @@ use crate::protocol::{QoS, Version};
 use crate::router::SubscriptionOptions;
 use crate::sessions::store::MemoryStore;
 
-struct Setup {
-    sessions: Arc<Sessions>,
+pub(super) struct Setup {
+    pub(super) sessions: Arc<Sessions>,
     metrics: PrometheusHandle,
 }
 
-fn setup(limits: Limits) -> Setup {
+pub(super) fn setup(limits: Limits) -> Setup {
     let recorder = PrometheusBuilder::new().build_recorder();
     let metrics = recorder.handle();
     let sessions = metrics::with_local_recorder(&recorder, || {
@@ -36,7 +36,7 @@ fn setup(limits: Limits) -> Setup {
 }
 
 impl Setup {
-    fn ended(&self, end: SessionEnd) -> f64 {
+    pub(super) fn ended(&self, end: SessionEnd) -> f64 {
         let series = format!(
             "{}{{reason=\"{}\"}}",
             crate::metrics::SESSIONS_ENDED,
@@ -58,7 +58,13 @@ impl Setup {
             .collect()
     }
 
-    async fn connect(&self, id: &str, clean: bool, expiry: u32, will: Option<Will>) -> Lease {
+    pub(super) async fn connect(
+        &self,
+        id: &str,
+        clean: bool,
+        expiry: u32,
+        will: Option<Will>,
+    ) -> Lease {
         self.sessions
             .connect(ConnectRequest {
                 client_id: Arc::from(id),
@@ -85,7 +91,7 @@ impl Setup {
     }
 }
 
-fn options(qos: QoS) -> SubscriptionOptions {
+pub(super) fn options(qos: QoS) -> SubscriptionOptions {
     SubscriptionOptions {
         qos,
         no_local: false,

@@ -2,6 +2,7 @@
 //! MQTT client for hostile and exact-byte tests, and a metrics scraper.
 #![allow(dead_code)]
 
+pub mod admin;
 pub mod process;
 pub mod tls;
 
@@ -21,6 +22,7 @@ pub struct TestBroker {
     server: Option<Server>,
     pub addr: SocketAddr,
     pub metrics: Option<SocketAddr>,
+    pub admin: Option<SocketAddr>,
 }
 
 pub fn test_config() -> Config {
@@ -34,6 +36,7 @@ pub fn test_config() -> Config {
         },
     );
     config.metrics.bind = "127.0.0.1:0".parse().expect("addr");
+    config.admin.bind = "127.0.0.1:0".parse().expect("addr");
     // In memory unless a test asks for the disk store (and then in a temporary directory).
     config.storage.backend = brokk::config::StorageBackend::Memory;
     // Tests that leave messages unacknowledged need not wait the production drain.
@@ -51,10 +54,12 @@ pub async fn start_with(change: impl FnOnce(&mut Config)) -> TestBroker {
     let server = Server::start(config).await.expect("broker starts");
     let addr = server.local_addr("tcp").expect("tcp listener");
     let metrics = server.metrics_addr();
+    let admin = server.admin_addr();
     TestBroker {
         server: Some(server),
         addr,
         metrics,
+        admin,
     }
 }
 

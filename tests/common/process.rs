@@ -24,6 +24,8 @@ where
         .env_remove("RUST_LOG")
         // In memory unless a test says otherwise: no store in the working directory.
         .env("BROKK_STORAGE__BACKEND", "memory")
+        // The admin API on a free port: tests run side by side.
+        .env("BROKK_ADMIN__BIND", "127.0.0.1:0")
         .envs(envs.iter().copied())
         .stdin(Stdio::null())
         .output()
@@ -54,6 +56,8 @@ impl BrokkProcess {
             .args(args)
             .env_remove("RUST_LOG")
             .env("BROKK_STORAGE__BACKEND", "memory")
+            // The admin API on a free port: tests run side by side.
+            .env("BROKK_ADMIN__BIND", "127.0.0.1:0")
             .envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stdout(stdout.reopen().expect("reopen"))

@@ -130,6 +130,7 @@ def start_brokk(binary: str, work: Path):
     config = work / "broker.toml"
     config.write_text(
         f'[listeners.tcp]\nbind = "127.0.0.1:{mqtt}"\n[metrics]\nbind = "127.0.0.1:{metrics}"\n'
+        '[admin]\nbind = "127.0.0.1:0"\n'
     )
     log = open(work / "brokk.log", "wb")
     proc = subprocess.Popen([binary, "--config", str(config)], stdout=log, stderr=log)

@@ -106,6 +106,7 @@ def _start_broker(tmp_path: Path, attempts: int = 3) -> Broker:
         config.write_text(
             f'[listeners.tcp]\nbind = "{host}:{port}"\n\n'
             f'[metrics]\nenabled = true\nbind = "{host}:{metrics_port}"\n\n'
+            '[admin]\nbind = "127.0.0.1:0"\n\n'
             '[limits]\nconnect_timeout = "5s"\n\n'
             f'[storage]\npath = "{tmp_path / f"store-{attempt}"}"\n\n'
             f'[auth]\nacl_file = "{acl}"\n'
