@@ -73,6 +73,12 @@ pub struct ListenerConfig {
     pub bind: BindAddr,
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// This listener's own `limits.tcp_keepalive` (unset: the global one).
+    #[serde(default, with = "humantime_serde")]
+    pub tcp_keepalive: Option<Duration>,
+    /// This listener's own `limits.write_timeout` (unset: the global one).
+    #[serde(default, with = "humantime_serde")]
+    pub write_timeout: Option<Duration>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -141,9 +147,14 @@ pub struct Limits {
     pub max_topic_levels: usize,
     /// Subscriptions one session may hold.
     pub max_subscriptions_per_client: usize,
-    /// Output the client does not read for this long closes the connection (0 = never).
+    /// Output the client does not read for this long closes the connection, and output the
+    /// peer's TCP does not acknowledge for this long closes the socket (TCP_USER_TIMEOUT);
+    /// 0 = neither.
     #[serde(with = "humantime_serde")]
     pub write_timeout: Duration,
+    /// Idle time before the kernel probes a silent socket (SO_KEEPALIVE); 0 = no probes.
+    #[serde(with = "humantime_serde")]
+    pub tcp_keepalive: Duration,
     /// How long graceful shutdown waits for in-flight writes before closing sockets.
     #[serde(with = "humantime_serde")]
     pub shutdown_drain: Duration,
@@ -240,6 +251,8 @@ impl Default for Config {
             ListenerConfig {
                 bind: SocketAddr::from(([0, 0, 0, 0], 1883)).into(),
                 tls: None,
+                tcp_keepalive: None,
+                write_timeout: None,
             },
         );
         Config {
@@ -294,6 +307,7 @@ impl Default for Limits {
             max_topic_levels: 128,
             max_subscriptions_per_client: 10_000,
             write_timeout: Duration::from_secs(30),
+            tcp_keepalive: Duration::from_secs(60),
             shutdown_drain: Duration::from_secs(5),
         }
     }
@@ -393,6 +407,15 @@ impl Config {
             if let Some(tls) = &listener.tls {
                 validate_tls(name, tls)?;
             }
+            if let Some(idle) = listener.tcp_keepalive {
+                crate::liveness::check_keepalive(&format!("listeners.{name}.tcp_keepalive"), idle)?;
+            }
+            if let Some(timeout) = listener.write_timeout {
+                crate::liveness::check_user_timeout(
+                    &format!("listeners.{name}.write_timeout"),
+                    timeout,
+                )?;
+            }
         }
         // Port 0 asks the system for a free port, so two such binds never clash.
         if self.metrics.enabled
@@ -450,6 +473,8 @@ impl Config {
                 format!("must be between 1 and {MAX_TOPIC_LEVELS}"),
             ));
         }
+        crate::liveness::check_keepalive("limits.tcp_keepalive", limits.tcp_keepalive)?;
+        crate::liveness::check_user_timeout("limits.write_timeout", limits.write_timeout)?;
         if limits.max_subscriptions_per_client == 0 {
             return Err(invalid(
                 "limits.max_subscriptions_per_client",
@@ -578,7 +603,7 @@ const MAX_CLOSE_HISTORY: usize = 1_000_000;
 /// A token shorter than this is guessable.
 const MIN_TOKEN_LEN: usize = 16;
 
-fn invalid(key: &str, why: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(key: &str, why: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.to_string(),
         why: why.into(),

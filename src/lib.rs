@@ -26,6 +26,7 @@ pub mod config;
 pub mod connection;
 pub mod ctl;
 pub mod history;
+pub mod liveness;
 pub mod logging;
 mod logsafe;
 mod message;

@@ -349,6 +349,10 @@ async fn accept_loop(
     mut shutdown: watch::Receiver<bool>,
     drain: mpsc::Sender<()>,
 ) {
+    let liveness = crate::liveness::Liveness::for_listener(
+        &broker.config.limits,
+        broker.config.listeners.get(&*listener),
+    );
     loop {
         let accepted = tokio::select! {
             accepted = socket.accept() => accepted,
@@ -364,6 +368,9 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
+        if let Err(error) = liveness.apply(&stream) {
+            tracing::debug!(%error, %peer, "TCP keepalive / user timeout not set");
+        }
         let open = broker.connections.fetch_add(1, Ordering::Relaxed) + 1;
         broker.stats.connections.increment(1.0);
         let slot = ConnectionSlot(broker.clone());

@@ -691,6 +691,8 @@ impl Pki {
                 identity_as_username,
                 crl: crl.then(|| path("crl.pem")),
             }),
+            tcp_keepalive: None,
+            write_timeout: None,
         }
     }
 

@@ -73,6 +73,8 @@ async fn tls_listener_serves_mqtt_and_refuses_clients_without_a_certificate() {
                     identity_as_username: false,
                     crl: None,
                 }),
+                tcp_keepalive: None,
+                write_timeout: None,
             },
         );
     })
@@ -396,5 +398,6 @@ async fn connection_task_state_stays_small() {
     };
     let task = brokk::connection::serve(ctx, stream);
     let size = std::mem::size_of_val(&task);
+    eprintln!("FUTSIZE {size}");
     assert!(size <= 2048, "the connection future is {size} bytes");
 }

@@ -140,6 +140,8 @@ async fn make_certs_serves_mutual_tls() {
                     identity_as_username: false,
                     crl: None,
                 }),
+                tcp_keepalive: None,
+                write_timeout: None,
             },
         );
     })

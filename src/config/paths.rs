@@ -63,6 +63,8 @@ mod tests {
                     identity_as_username: false,
                     crl: Some("crl.pem".into()),
                 }),
+                tcp_keepalive: None,
+                write_timeout: None,
             },
         );
         config.auth.password_file = "passwd".into();

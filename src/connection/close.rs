@@ -31,11 +31,11 @@ pub(super) async fn close_unattached<R, W>(
     client_id: Option<&str>,
     user: Option<&str>,
     close: Close,
-    started: Instant,
 ) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    let started = io.started;
     flush_and_shut(&mut io).await;
     log_close(
         &ctx.broker,
@@ -156,11 +156,12 @@ impl Connection {
 
     /// Ends the connection: tell a v5 client why, flush what is owed within the deadline,
     /// hand the session back (or over) through the lease, log and count once.
-    pub(super) async fn finish<R, W>(self, mut io: Io<R, W>, close: Close, started: Instant)
+    pub(super) async fn finish<R, W>(self, mut io: Io<R, W>, close: Close)
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
+        let started = io.started;
         let reason = close.reason;
         // Nothing more can be written to a peer that is gone, or that has stopped reading.
         let peer_gone = close.output_stalled

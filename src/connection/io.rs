@@ -2,6 +2,7 @@
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::time::Instant;
 
 use crate::close::{CloseReason, InvalidKind};
 use crate::metrics::Stats;
@@ -21,6 +22,11 @@ pub(super) struct Io<R, W> {
     /// `rbuf` was sized for one large packet (dropped once that packet is consumed).
     exact_frame: bool,
     pub out: OutBuf,
+    /// When the connection was accepted.
+    pub started: Instant,
+    /// Whole seconds after `started` when a write last moved output to the socket (to tell
+    /// which TCP timer failed it); a u32 beside `exact_frame` costs the task no room.
+    last_write_secs: u32,
 }
 
 impl<R, W> Io<R, W> {
@@ -31,7 +37,21 @@ impl<R, W> Io<R, W> {
             rbuf: BytesMut::with_capacity(512),
             exact_frame: false,
             out: OutBuf::new(),
+            started: Instant::now(),
+            last_write_secs: 0,
         }
+    }
+
+    /// A write moved output to the socket.
+    pub fn wrote(&mut self) {
+        let secs = self.started.elapsed().as_secs();
+        self.last_write_secs = u32::try_from(secs).unwrap_or(u32::MAX);
+    }
+
+    /// How long ago the last write moved output (to the second).
+    pub fn since_last_write(&self) -> std::time::Duration {
+        let at = self.started + std::time::Duration::from_secs(u64::from(self.last_write_secs));
+        Instant::now().saturating_duration_since(at)
     }
 
     /// Makes room in `rbuf` for the next read. A packet larger than the buffer gets a buffer of

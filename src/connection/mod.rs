@@ -68,6 +68,9 @@ pub(crate) struct Close {
     pub discard: bool,
     /// The client stopped reading its output: no final DISCONNECT is attempted.
     pub output_stalled: bool,
+    /// The socket failed with ETIMEDOUT (keepalive probes or the user timeout): the detail is
+    /// filled in once the connection's timings are known.
+    pub timed_out: bool,
 }
 
 impl Close {
@@ -86,6 +89,7 @@ impl From<CloseReason> for Close {
             detail: None,
             discard: false,
             output_stalled: false,
+            timed_out: false,
         }
     }
 }
@@ -106,7 +110,6 @@ where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let started = Instant::now();
     let mut io = Io::new(reader, writer);
     let broker = ctx.broker.clone();
     let timeout = broker.config.limits.connect_timeout;
@@ -118,31 +121,40 @@ where
         // loop's state in its task, not the largest of all its phases.
         result = Box::pin(tokio::time::timeout(timeout, io.read_connect(&broker.stats, max))) => match result {
             Ok(Ok(connect)) => connect,
-            Ok(Err(close)) => return Box::pin(close::close_unattached(io, &ctx, None, None, close, started)).await,
+            Ok(Err(close)) => return Box::pin(close::close_unattached(io, &ctx, None, None, close)).await,
             Err(_) => {
                 let close = Close::detailed(CloseReason::ClientUnresponsive, "no CONNECT within connect_timeout".to_string());
-                return Box::pin(close::close_unattached(io, &ctx, None, None, close, started)).await;
+                return Box::pin(close::close_unattached(io, &ctx, None, None, close)).await;
             }
         },
         _ = crate::server::stopped(&mut shutdown) => {
-            return Box::pin(close::close_unattached(io, &ctx, None, None, CloseReason::ServerShutdown.into(), started)).await;
+            return Box::pin(close::close_unattached(io, &ctx, None, None, CloseReason::ServerShutdown.into())).await;
         }
     };
 
     match Box::pin(connect::accept(&ctx, connect, &mut io)).await {
         Ok(mut conn) => {
-            let close = conn.run(&mut io).await;
-            Box::pin(conn.finish(io, close, started)).await;
+            let mut close = conn.run(&mut io).await;
+            if close.timed_out {
+                let liveness = crate::liveness::Liveness::for_listener(
+                    &broker.config.limits,
+                    broker.config.listeners.get(&*ctx.listener),
+                );
+                let now = Instant::now();
+                close.detail = Some(liveness.explain_timeout(
+                    now.saturating_duration_since(conn.last_inbound),
+                    io.since_last_write(),
+                    !io.out.is_empty(),
+                ));
+            }
+            Box::pin(conn.finish(io, close)).await;
         }
         Err(refused) => {
             crate::metrics::count_refused_connect_as(refused.version.label(), refused.metric);
             let close = Close::detailed(CloseReason::Aborted, refused.why);
             let client_id = refused.client_id.as_deref();
             let user = refused.user.as_deref();
-            Box::pin(close::close_unattached(
-                io, &ctx, client_id, user, close, started,
-            ))
-            .await;
+            Box::pin(close::close_unattached(io, &ctx, client_id, user, close)).await;
         }
     }
 }

@@ -124,6 +124,20 @@ fn reload_event<F: std::future::Future + Unpin>(
     })
 }
 
+/// A read or write that failed. ETIMEDOUT is the kernel giving up on the peer (keepalive
+/// probes unanswered, or output unacknowledged for the user timeout): the client is
+/// unresponsive, not the I/O broken, and no farewell can reach it.
+fn io_failed(op: &str, error: &std::io::Error) -> Close {
+    if error.kind() == std::io::ErrorKind::TimedOut {
+        return Close {
+            timed_out: true,
+            output_stalled: true,
+            ..Close::detailed(CloseReason::ClientUnresponsive, format!("{op} timed out"))
+        };
+    }
+    Close::detailed(CloseReason::IoException, format!("{op} failed: {error}"))
+}
+
 /// A v5 connection's topic aliases.
 #[derive(Default)]
 pub(super) struct Aliases {
@@ -370,9 +384,7 @@ impl Connection {
                 }
                 read = io.reader.read_buf(&mut io.rbuf), if io.rbuf.len() <= max && !backlogged => match read {
                     Ok(0) => return CloseReason::ConnectionLost.into(),
-                    Err(error) => {
-                        return Close::detailed(CloseReason::IoException, format!("read failed: {error}"));
-                    }
+                    Err(error) => return io_failed("read", &error),
                     Ok(n) => {
                         read_filled = n >= spare;
                         self.broker.stats.bytes_received.increment(n as u64);
@@ -384,10 +396,9 @@ impl Connection {
                 },
                 written = io.out.write_to(&mut io.writer), if !io.out.is_empty() => match written {
                     Ok(0) => return Close::detailed(CloseReason::IoException, "write returned 0".to_string()),
-                    Err(error) => {
-                        return Close::detailed(CloseReason::IoException, format!("write failed: {error}"));
-                    }
+                    Err(error) => return io_failed("write", &error),
                     Ok(n) => {
+                        io.wrote();
                         self.broker.stats.bytes_sent.increment(n as u64);
                         // Progress: the unread-output deadline starts again if still needed.
                         timers.stall_at = None;

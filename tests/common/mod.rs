@@ -33,6 +33,8 @@ pub fn test_config() -> Config {
         ListenerConfig {
             bind: "127.0.0.1:0".parse().expect("addr"),
             tls: None,
+            tcp_keepalive: None,
+            write_timeout: None,
         },
     );
     config.metrics.bind = "127.0.0.1:0".parse().expect("addr");
@@ -168,6 +170,13 @@ impl Raw {
         tokio::time::timeout(WAIT, self.recv_inner())
             .await
             .expect("a packet or a close in time")
+    }
+
+    /// The next packet within `limit` (`None` once the broker closed the connection).
+    pub async fn recv_within(&mut self, limit: Duration) -> Option<Packet> {
+        tokio::time::timeout(limit, self.recv_inner())
+            .await
+            .unwrap_or_else(|_| panic!("no packet and no close within {limit:?}"))
     }
 
     async fn recv_inner(&mut self) -> Option<Packet> {
