@@ -178,7 +178,14 @@ impl Cluster {
             handovers: metrics::counter!(HANDOVERS),
             tasks: Mutex::new(Vec::new()),
         });
-        cluster.heartbeat_once().await?;
+        // A stream just created may not take messages until its leader is elected.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        while let Err(error) = cluster.heartbeat_once().await {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(error);
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
         let retained_watch = cluster
             .retained
             .watch_with_history(">")
@@ -332,6 +339,7 @@ impl Cluster {
                 Ok(entry) => entry,
                 Err(e) => {
                     last_error = e.to_string();
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             };
@@ -524,6 +532,12 @@ impl Cluster {
         self: Arc<Self>,
         mut outbound: mpsc::UnboundedReceiver<(Vec<Arc<Message>>, Arc<str>)>,
     ) {
+        let (retained, retained_rx) = mpsc::unbounded_channel();
+        let store = tokio::spawn(self.clone().store_retained(retained_rx));
+        self.tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(store);
         while let Some((messages, publisher)) = outbound.recv().await {
             for message in messages {
                 let payload = match wire::encode_message(&message) {
@@ -544,19 +558,9 @@ impl Cluster {
                 );
                 headers.insert(PUBLISHER, wire::kv_key(&publisher).as_str());
                 if message.retain {
-                    let key = wire::kv_key(&message.topic);
-                    let stored = if message.payload.is_empty() {
-                        self.retained.delete(&key).await.map_err(|e| e.to_string())
-                    } else {
-                        self.retained
-                            .put(&key, payload.clone())
-                            .await
-                            .map(|_| ())
-                            .map_err(|e| e.to_string())
-                    };
-                    if let Err(error) = stored {
-                        tracing::warn!(topic = %LogId(&message.topic), %error, "cluster: retained message not stored");
-                    }
+                    // Stored by its own task: a JetStream leader election must not hold up
+                    // the messages behind it.
+                    let _ = retained.send((message.topic.clone(), payload.clone()));
                 }
                 let subject = topic_subject(&message.topic);
                 if let Err(error) = self
@@ -566,6 +570,29 @@ impl Cluster {
                 {
                     tracing::warn!(%error, "cluster: message not forwarded");
                 }
+            }
+        }
+    }
+
+    /// Puts retained messages in their bucket (an empty payload clears the topic), in order.
+    async fn store_retained(
+        self: Arc<Self>,
+        mut retained: mpsc::UnboundedReceiver<(Arc<str>, Bytes)>,
+    ) {
+        while let Some((topic, payload)) = retained.recv().await {
+            let key = wire::kv_key(&topic);
+            let empty = decode_is_empty(&payload);
+            let stored = if empty {
+                self.retained.delete(&key).await.map_err(|e| e.to_string())
+            } else {
+                self.retained
+                    .put(&key, payload)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            };
+            if let Err(error) = stored {
+                tracing::warn!(topic = %LogId(&topic), %error, "cluster: retained message not stored");
             }
         }
     }
@@ -748,6 +775,11 @@ impl Forward for Cluster {
     }
 }
 
+/// Whether an encoded message has an empty payload (it clears its topic's retained message).
+fn decode_is_empty(encoded: &[u8]) -> bool {
+    wire::decode_message(encoded).is_ok_and(|m| m.payload.is_empty())
+}
+
 async fn pump(mut subscriber: Subscriber, inbound: mpsc::UnboundedSender<async_nats::Message>) {
     while let Some(message) = subscriber.next().await {
         if inbound.send(message).is_err() {
@@ -774,7 +806,9 @@ async fn bucket(
             max_age,
             allow_rollup: true,
             deny_delete: true,
-            allow_direct: true,
+            // Reads from the stream leader: a replica may not have the latest entry yet, and
+            // ownership checks must see it.
+            allow_direct: false,
             discard: stream::DiscardPolicy::New,
             num_replicas: replicas,
             storage: stream::StorageType::File,
@@ -790,7 +824,11 @@ async fn bucket(
         };
         let error = match created {
             Ok(()) => match js.get_key_value(name).await {
-                Ok(store) => return Ok(store),
+                // Readable: its stream has a leader.
+                Ok(store) => match store.entry("probe").await {
+                    Ok(_) => return Ok(store),
+                    Err(e) => e.to_string(),
+                },
                 Err(e) => e.to_string(),
             },
             Err(e) => e.to_string(),
