@@ -1145,6 +1145,32 @@ mod tests {
         );
     }
 
+    #[test]
+    fn cluster_keys_are_checked() {
+        let c = Config::from_toml("").unwrap().cluster;
+        assert!(!c.enabled);
+        assert_eq!(c.nats, vec!["nats://127.0.0.1:4222".to_string()]);
+        assert!(!c.node_name().is_empty(), "the host name by default");
+        let ok = Config::from_toml(
+            "[cluster]\nenabled = true\nnode = \"n-1\"\nnats = [\"nats://10.0.0.1:4222\", \"10.0.0.2\"]\n",
+        )
+        .unwrap();
+        assert_eq!(ok.cluster.node_name(), "n-1");
+        assert!(error("[cluster]\nenabeld = true\n").contains("enabeld"));
+        let key = |text: &str| match Config::from_toml(text) {
+            Err(ConfigError::Invalid { key, .. }) => key,
+            other => panic!("expected Invalid, got {other:?}"),
+        };
+        assert_eq!(key("[cluster]\nenabled = true\nnats = []\n"), "cluster.nats");
+        assert_eq!(
+            key("[cluster]\nenabled = true\nnats = [\"nats://a b\"]\n"),
+            "cluster.nats"
+        );
+        assert_eq!(key("[cluster]\nenabled = true\nnode = \"a.b\"\n"), "cluster.node");
+        // Off, nothing is checked.
+        assert!(Config::from_toml("[cluster]\nnode = \"a.b\"\n").is_ok());
+    }
+
     /// The section list behind the environment hint must follow `Config`'s fields.
     #[test]
     fn the_section_list_matches_the_config_struct() {
