@@ -1161,12 +1161,18 @@ mod tests {
             Err(ConfigError::Invalid { key, .. }) => key,
             other => panic!("expected Invalid, got {other:?}"),
         };
-        assert_eq!(key("[cluster]\nenabled = true\nnats = []\n"), "cluster.nats");
+        assert_eq!(
+            key("[cluster]\nenabled = true\nnats = []\n"),
+            "cluster.nats"
+        );
         assert_eq!(
             key("[cluster]\nenabled = true\nnats = [\"nats://a b\"]\n"),
             "cluster.nats"
         );
-        assert_eq!(key("[cluster]\nenabled = true\nnode = \"a.b\"\n"), "cluster.node");
+        assert_eq!(
+            key("[cluster]\nenabled = true\nnode = \"a.b\"\n"),
+            "cluster.node"
+        );
         // Off, nothing is checked.
         assert!(Config::from_toml("[cluster]\nnode = \"a.b\"\n").is_ok());
     }

@@ -60,6 +60,7 @@ impl Drop for Nats {
 struct Node {
     process: BrokkProcess,
     addr: SocketAddr,
+    metrics: SocketAddr,
 }
 
 struct Cluster {
@@ -121,12 +122,21 @@ impl Cluster {
             nodes.push(Node {
                 process,
                 addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+                metrics: SocketAddr::from(([0, 0, 0, 0], 0)),
             });
         }
         for node in &mut nodes {
             node.process
                 .wait_line_within(JOIN_WAIT, |l| l.contains("cluster node joined"));
             node.addr = node.process.listener("tcp");
+            let line = node
+                .process
+                .wait_line(|l| l.contains("metrics at /metrics"));
+            node.metrics = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("addr="))
+                .and_then(|a| a.parse().ok())
+                .expect("the metrics address");
         }
         Cluster {
             nodes,
@@ -137,6 +147,28 @@ impl Cluster {
 
     fn addr(&self, node: usize) -> SocketAddr {
         self.nodes[node].addr
+    }
+
+    /// The value of one metric series on `node`, once it reaches `at_least` (or WAIT passed).
+    async fn metric(&self, node: usize, series: &str, at_least: f64) -> f64 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let mut stream = tokio::net::TcpStream::connect(self.nodes[node].metrics)
+                .await
+                .expect("metrics");
+            stream
+                .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .await
+                .expect("request");
+            let mut text = String::new();
+            stream.read_to_string(&mut text).await.expect("read");
+            let value = common::metric_value(&text, series);
+            if value >= at_least || tokio::time::Instant::now() > deadline {
+                return value;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     fn signal(&self, node: usize, signal: &str) {
@@ -395,6 +427,26 @@ async fn exactly_once_everywhere(publisher: &mut Raw, subscribers: &mut [Raw], r
     }
 }
 
+/// A node that cannot reach NATS does not start, and says which key to look at.
+#[test]
+fn an_unreachable_nats_is_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port(ip(1));
+    let config = dir.path().join("broker.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[listeners.tcp]\nbind = \"127.0.0.1:0\"\n[metrics]\nenabled = false\n\
+             [cluster]\nenabled = true\nnode = \"lonely\"\nnats = [\"nats://127.0.0.1:{port}\"]\n"
+        ),
+    )
+    .expect("write");
+    let output = common::process::run(["--config", &config.display().to_string()], &[]);
+    assert_eq!(output.status.code(), Some(1));
+    let said = common::process::stderr(&output);
+    assert!(said.contains("cluster.nats: cannot connect"), "{said}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routing_takeover_retained_and_a_lost_nats_server() {
     let mut cluster = Cluster::start();
@@ -402,6 +454,13 @@ async fn routing_takeover_retained_and_a_lost_nats_server() {
 
     let mut first = subscribers(&cluster, &mut publisher, "a").await;
     exactly_once_everywhere(&mut publisher, &mut first, "a").await;
+    assert_eq!(cluster.metric(1, "brokk_cluster_members", 3.0).await, 3.0);
+    assert!(
+        cluster
+            .metric(1, "brokk_cluster_remote_deliveries_total", 4.0)
+            .await
+            >= 4.0
+    );
     drop(first);
     // Connected before a NATS server dies (at the end).
     let mut second = subscribers(&cluster, &mut publisher, "b").await;

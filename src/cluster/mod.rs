@@ -102,6 +102,12 @@ pub struct Cluster {
     outbound: mpsc::UnboundedSender<(Vec<Arc<Message>>, Arc<str>)>,
     /// A drain under way: the Server Reference its clients are sent.
     drain_reference: OnceLock<String>,
+    /// Sessions a drain is moving: their state once taken from their connection, until the
+    /// node they go to adopts it or their client, reconnected there first, asks for it.
+    moving: Mutex<HashMap<String, Option<Bytes>>>,
+    /// Client ids being taken on this node (a CONNECT, or a drained session adopted): one at
+    /// a time per id, so an adoption and its client's CONNECT do not pass each other.
+    claiming: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     members: metrics::Gauge,
     remote: metrics::Counter,
     handovers: metrics::Counter,
@@ -119,7 +125,30 @@ struct HandoverRequest {
 #[derive(serde::Serialize, serde::Deserialize)]
 struct AdoptRequest {
     client_id: String,
-    session: String,
+}
+
+/// This node's hold on a client id while it takes it (see [`Cluster::lock_client`]).
+pub struct ClaimGuard {
+    cluster: Arc<Cluster>,
+    client_id: String,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for ClaimGuard {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        let mut claiming = self
+            .cluster
+            .claiming
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if claiming
+            .get(&self.client_id)
+            .is_some_and(|lock| Arc::strong_count(lock) == 1)
+        {
+            claiming.remove(&self.client_id);
+        }
+    }
 }
 
 fn unix_ms(at: SystemTime) -> u64 {
@@ -173,6 +202,8 @@ impl Cluster {
             seq: AtomicU64::new(0),
             outbound,
             drain_reference: OnceLock::new(),
+            moving: Mutex::new(HashMap::new()),
+            claiming: Mutex::new(HashMap::new()),
             members: metrics::gauge!(MEMBERS),
             remote: metrics::counter!(REMOTE_DELIVERIES),
             handovers: metrics::counter!(HANDOVERS),
@@ -314,6 +345,24 @@ impl Cluster {
         }
     }
 
+    /// Waits until no other CONNECT or adoption on this node is taking `client_id`; held
+    /// until the session is in the table.
+    pub async fn lock_client(self: &Arc<Self>, client_id: &str) -> ClaimGuard {
+        let lock = self
+            .claiming
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(client_id.to_string())
+            .or_default()
+            .clone();
+        let guard = lock.lock_owned().await;
+        ClaimGuard {
+            cluster: self.clone(),
+            client_id: client_id.to_string(),
+            guard: Some(guard),
+        }
+    }
+
     /// Whether this node's owner entry for `client_id` still names it (checked after a
     /// CONNECT took the session: a concurrent CONNECT elsewhere may have won meanwhile).
     pub async fn still_owner(&self, client_id: &str) -> bool {
@@ -435,6 +484,12 @@ impl Cluster {
             }
             let this = self.clone();
             tokio::spawn(async move {
+                if let Some(moved) = this.take_moving(&request.client_id).await {
+                    if let Err(error) = this.client.publish(reply, moved).await {
+                        tracing::warn!(%error, "cluster: handover reply failed");
+                    }
+                    return;
+                }
                 let handover = this
                     .sessions
                     .surrender(&request.client_id, Surrender::TakenOver)
@@ -454,30 +509,56 @@ impl Cluster {
         }
     }
 
+    fn moving(&self) -> std::sync::MutexGuard<'_, HashMap<String, Option<Bytes>>> {
+        self.moving.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The state of a session a drain is moving, waiting (briefly) for its connection to
+    /// give it up; `None` when no drain is moving it.
+    async fn take_moving(&self, client_id: &str) -> Option<Bytes> {
+        let deadline = tokio::time::Instant::now() + HANDOVER_WAIT;
+        loop {
+            {
+                let mut moving = self.moving();
+                match moving.get(client_id) {
+                    None => return None,
+                    Some(Some(_)) => return moving.remove(client_id).flatten(),
+                    Some(None) => {}
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// A draining node asks this one to take a session: taken like a CONNECT would (the
+    /// entry by compare-and-set, the state from the draining node), and left waiting for its
+    /// client. If the client came here first, its CONNECT took the session already.
     async fn serve_adoptions(self: Arc<Self>, mut requests: Subscriber) {
         while let Some(message) = requests.next().await {
-            let adopted = serde_json::from_slice::<AdoptRequest>(&message.payload)
-                .ok()
-                .and_then(|r| {
-                    let bytes = base64::Engine::decode(
-                        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
-                        r.session,
-                    )
-                    .ok()?;
-                    Some((r.client_id, wire::decode_handover(&bytes).ok()?))
-                });
-            let ok = match adopted {
-                Some((client_id, handover)) => {
-                    self.sessions.adopt(Arc::from(client_id.as_str()), handover);
-                    self.handovers.increment(1);
-                    true
-                }
-                None => false,
+            let Ok(request) = serde_json::from_slice::<AdoptRequest>(&message.payload) else {
+                continue;
             };
-            if let Some(reply) = message.reply {
-                let answer = if ok { "ok" } else { "" };
-                let _ = self.client.publish(reply, Bytes::from(answer)).await;
-            }
+            let this = self.clone();
+            tokio::spawn(async move {
+                let adopted = {
+                    let _claim = this.lock_client(&request.client_id).await;
+                    match this.claim(&request.client_id).await {
+                        Ok(Some(handover)) => {
+                            this.sessions
+                                .adopt(Arc::from(request.client_id.as_str()), handover);
+                            true
+                        }
+                        _ => false,
+                    }
+                };
+                if let Some(reply) = message.reply {
+                    let answer = if adopted { "ok" } else { "" };
+                    let _ = this.client.publish(reply, Bytes::from(answer)).await;
+                }
+            });
         }
     }
 
@@ -697,34 +778,26 @@ impl Cluster {
         for client_id in self.sessions.connected_ids() {
             let key = wire::kv_key(&client_id);
             match self.owners.entry(key.clone()).await {
-                Ok(Some(entry)) if entry.value == self.node.as_bytes() => {
-                    if self
-                        .owners
-                        .update(&key, Bytes::from(target.clone()), entry.revision)
-                        .await
-                        .is_err()
-                    {
-                        continue;
-                    }
-                }
+                Ok(Some(entry)) if entry.value == self.node.as_bytes() => {}
                 _ => continue,
             }
-            let Some(handover) = self
+            self.moving().insert(client_id.to_string(), None);
+            let encoded = self
                 .sessions
                 .surrender(&client_id, Surrender::Drained)
                 .await
-            else {
+                .and_then(|h| wire::encode_handover(&h).ok());
+            let Some(bytes) = encoded else {
+                self.moving().remove(&*client_id);
                 continue;
             };
-            let Ok(bytes) = wire::encode_handover(&handover) else {
-                continue;
-            };
+            if let Some(slot) = self.moving().get_mut(&*client_id) {
+                *slot = Some(Bytes::from(bytes));
+            }
+            // The node asked to adopt it takes it from here (`take_moving`), unless its
+            // client, reconnected somewhere first, did.
             let request = AdoptRequest {
                 client_id: client_id.to_string(),
-                session: base64::Engine::encode(
-                    &base64::engine::general_purpose::URL_SAFE_NO_PAD,
-                    bytes,
-                ),
             };
             let Ok(payload) = serde_json::to_vec(&request) else {
                 continue;
@@ -737,7 +810,9 @@ impl Cluster {
             .await
             {
                 Ok(Ok(reply)) if !reply.payload.is_empty() => moved += 1,
+                _ if !self.moving().contains_key(&*client_id) => moved += 1,
                 _ => {
+                    self.moving().remove(&*client_id);
                     tracing::warn!(client_id = %LogId(&client_id), node = %target, "cluster: drain: the session was not adopted")
                 }
             }

@@ -241,6 +241,11 @@ where
     // In a cluster the client id's entry is taken first (from another node, with its
     // session, unless the client starts clean).
     let cluster = broker.cluster.get();
+    // Held until the session is in the table: an adoption of this id waits for it.
+    let claim = match cluster {
+        Some(cluster) => Some(cluster.lock_client(&client_id).await),
+        None => None,
+    };
     let remote = match cluster {
         Some(cluster) => match cluster.claim(&client_id).await {
             Ok(remote) => remote.filter(|_| !connect.clean_start),
@@ -271,6 +276,7 @@ where
             },
         })
         .await;
+    drop(claim);
     if let Some(cluster) = cluster
         && !cluster.still_owner(&client_id).await
     {
