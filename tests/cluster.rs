@@ -102,6 +102,17 @@ impl Cluster {
                 url: format!("nats://{host}:{}", client_ports[i]),
             });
         }
+        // Every NATS server listens before a node tries it.
+        let deadline = std::time::Instant::now() + WAIT;
+        for (host, port) in hosts.iter().zip(&client_ports) {
+            while std::net::TcpStream::connect((*host, *port)).is_err() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "nats-server on {host}:{port} did not start"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         let urls: Vec<String> = nats.iter().map(|n| format!("{:?}", n.url)).collect();
         let mut nodes = Vec::new();
         for i in 1..=3u8 {
@@ -454,7 +465,8 @@ async fn routing_takeover_retained_and_a_lost_nats_server() {
 
     let mut first = subscribers(&cluster, &mut publisher, "a").await;
     exactly_once_everywhere(&mut publisher, &mut first, "a").await;
-    assert_eq!(cluster.metric(1, "brokk_cluster_members", 3.0).await, 3.0);
+    let members = cluster.metric(1, "brokk_cluster_members", 3.0).await;
+    assert_eq!(members, 3.0, "cluster members seen by node 2");
     assert!(
         cluster
             .metric(1, "brokk_cluster_remote_deliveries_total", 4.0)

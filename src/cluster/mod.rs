@@ -46,9 +46,10 @@ use crate::sessions::{Forward, Sessions, Surrender};
 pub use subject::{filter_subjects, subject_topic, topic_subject};
 
 /// How often a node says it is alive.
-pub const HEARTBEAT: Duration = Duration::from_millis(500);
-/// How long a node is taken for alive after its last heartbeat.
-pub const NODE_TTL: Duration = Duration::from_secs(2);
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+/// How long a node is taken for alive after its last heartbeat (a busy machine may delay a
+/// heartbeat or two; a node taken for dead loses its sessions' state).
+pub const NODE_TTL: Duration = Duration::from_secs(5);
 /// How long a node waits for another to hand a session over before taking the entry anyway.
 const HANDOVER_WAIT: Duration = Duration::from_secs(2);
 /// How long a node gives a handover in progress before it takes a foreign owner entry as a
@@ -306,7 +307,7 @@ impl Cluster {
         loop {
             tokio::time::sleep(HEARTBEAT).await;
             let now = tokio::time::Instant::now();
-            let paused = now.duration_since(last) > NODE_TTL;
+            let paused = now.duration_since(last) > HEARTBEAT * 3;
             last = now;
             if let Err(error) = self.heartbeat_once().await {
                 tracing::warn!(%error, "cluster: heartbeat failed");
@@ -318,7 +319,7 @@ impl Cluster {
                 self.recheck_all().await;
             }
             ticks = ticks.wrapping_add(1);
-            if ticks % 4 == 1
+            if ticks % 2 == 1
                 && let Ok(live) = self.live_nodes().await
             {
                 self.members.set(live.len() as f64);
