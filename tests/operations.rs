@@ -75,6 +75,8 @@ async fn tls_listener_serves_mqtt_and_refuses_clients_without_a_certificate() {
                 }),
                 tcp_keepalive: None,
                 write_timeout: None,
+                websocket: None,
+                proxy_protocol: false,
             },
         );
     })
