@@ -291,6 +291,13 @@ impl Default for Config {
             "tcp".to_string(),
             ListenerConfig::new(SocketAddr::from(([0, 0, 0, 0], 1883)).into()),
         );
+        listeners.insert(
+            "ws".to_string(),
+            ListenerConfig {
+                websocket: Some(WebSocketConfig::default()),
+                ..ListenerConfig::new(SocketAddr::from(([0, 0, 0, 0], 8080)).into())
+            },
+        );
         Config {
             listeners,
             metrics: MetricsConfig::default(),
@@ -933,6 +940,31 @@ mod tests {
     }
 
     #[test]
+    fn websocket_and_proxy_protocol_keys() {
+        let config = Config::from_toml(
+            "[listeners.w]\nbind = \"127.0.0.1:0\"\nwebsocket = { path = \"/ws\" }\nproxy_protocol = true\n\
+             [listeners.d]\nbind = \"127.0.0.1:0\"\nwebsocket = {}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            config.listeners["w"].websocket.as_ref().unwrap().path,
+            "/ws"
+        );
+        assert!(config.listeners["w"].proxy_protocol);
+        assert_eq!(
+            config.listeners["d"].websocket.as_ref().unwrap().path,
+            "/mqtt"
+        );
+        assert!(!config.listeners["d"].proxy_protocol);
+        let bad = error("[listeners.w]\nbind = \"127.0.0.1:0\"\nwebsocket = { path = \"mqtt\" }\n");
+        assert!(bad.contains("listeners.w.websocket.path"), "{bad}");
+        let bad = error("[listeners.w]\nbind = \"127.0.0.1:0\"\nwebsocket = { path = \"/a b\" }\n");
+        assert!(bad.contains("listeners.w.websocket.path"), "{bad}");
+        let bad = error("[listeners.w]\nbind = \"127.0.0.1:0\"\nwebsocket = { pth = \"/\" }\n");
+        assert!(bad.contains("pth"), "{bad}");
+    }
+
+    #[test]
     fn empty_file_takes_defaults() {
         assert_eq!(Config::from_toml("").unwrap(), Config::default());
         let partial = Config::from_toml("[limits]\nmax_packet_size = 2048\n").unwrap();
@@ -1062,7 +1094,7 @@ mod tests {
             config.listeners["tcp"].bind,
             "127.0.0.1:1884".parse().unwrap()
         );
-        assert_eq!(config.listeners.len(), 1);
+        assert_eq!(config.listeners.len(), 2, "tcp and ws");
         assert!(!config.auth.allow_anonymous);
         assert_eq!(config.limits.connect_timeout, Duration::from_secs(3));
         assert_eq!(config.limits.queue_full_policy, QueueFullPolicy::DropNewest);
