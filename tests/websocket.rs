@@ -324,30 +324,42 @@ async fn packets_span_frames_and_frames_hold_packets() {
     broker.stop().await;
 }
 
-/// [MQTT-6.0.0-1]: a text frame closes the connection: a v5 client is told 0x81, the close
-/// frame says 1003, the close is `invalid_inbound_message` under the listener's label.
+/// [MQTT-6.0.0-1]: a text frame closes the connection, 3.1.1 and 5.0: a v5 client is told
+/// 0x81, the close frame says 1003, the close is `invalid_inbound_message` under the
+/// listener's label.
 #[tokio::test]
 async fn a_text_frame_closes_the_connection() {
     let (broker, addr) = broker_with(|_| {}).await;
-    let mut ws = Ws::connect(addr, Version::V5, "texter").await;
-    ws.send(Message::Text("hello".into())).await;
-    let last = ws.until_closed().await;
-    assert!(
-        matches!(last.last(), Some(Packet::Disconnect(d)) if d.reason_code == 0x81),
-        "{last:?}"
-    );
-    let (code, reason) = ws.close.clone().expect("a close frame");
-    assert_eq!(code, CloseCode::Unsupported, "{reason}");
+    for (version, client_id) in [(Version::V5, "texter-5"), (Version::V311, "texter-311")] {
+        let mut ws = Ws::connect(addr, version, client_id).await;
+        ws.send(Message::Text("hello".into())).await;
+        let last = ws.until_closed().await;
+        if version == Version::V5 {
+            assert!(
+                matches!(last.last(), Some(Packet::Disconnect(d)) if d.reason_code == 0x81),
+                "{last:?}"
+            );
+        } else {
+            assert!(last.is_empty(), "3.1.1 has no server DISCONNECT: {last:?}");
+        }
+        let (code, reason) = ws.close.clone().expect("a close frame");
+        assert_eq!(code, CloseCode::Unsupported, "{reason}");
+        let query = format!("/v1/closes?client_id={client_id}");
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let close = loop {
+            let page = get_json(broker.admin.expect("admin"), &query, None).await;
+            if let Some(close) = page["closes"].as_array().and_then(|c| c.first()) {
+                break close.clone();
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no close recorded");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(close["reason"], "invalid_inbound_message", "{close}");
+        let detail = close["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains("text frame"), "{close}");
+    }
     let series = "brokk_listener_connections_closed_total{listener=\"ws\",reason=\"invalid_inbound_message\"}";
-    assert!(broker.wait_metric(series, 1.0).await >= 1.0);
-    let close = get_json(
-        broker.admin.expect("admin"),
-        "/v1/closes?client_id=texter",
-        None,
-    )
-    .await;
-    let detail = close["closes"][0]["detail"].as_str().unwrap_or_default();
-    assert!(detail.contains("text frame"), "{close}");
+    assert!(broker.wait_metric(series, 2.0).await >= 2.0);
     broker.stop().await;
 }
 
