@@ -35,6 +35,8 @@ pub fn test_config() -> Config {
             tls: None,
             tcp_keepalive: None,
             write_timeout: None,
+            websocket: None,
+            proxy_protocol: false,
         },
     );
     config.metrics.bind = "127.0.0.1:0".parse().expect("addr");
