@@ -39,3 +39,4 @@ pub mod server;
 pub mod sessions;
 mod sys;
 pub mod tls;
+pub mod transport;
