@@ -118,8 +118,13 @@ impl Server {
         });
         restore(&broker, store).await?;
         if let Some(filters) = filters {
+            // The Server Reference a draining node's clients get: a plain MQTT listener
+            // (TCP, else TLS), not a WebSocket one.
+            let mqtt = |t: &Transport| t.websocket.is_none() && !t.proxy_protocol;
             let address = acceptors
-                .first()
+                .iter()
+                .filter(|(_, _, t)| mqtt(t))
+                .min_by_key(|(_, _, t)| t.tls.is_some())
                 .and_then(|(_, socket, _)| socket.local_addr().ok())
                 .map(|addr| match addr.ip().is_unspecified() {
                     true => format!("{}:{}", broker.config.cluster.node_name(), addr.port()),
