@@ -70,7 +70,8 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn start() -> Cluster {
+    /// `backend`: `storage.backend` of the nodes ("memory" or "disk").
+    fn start(backend: &str) -> Cluster {
         let bin = nats_server();
         let dir = tempfile::tempdir().expect("tempdir");
         let hosts: Vec<IpAddr> = (1..=3).map(|i| ip(100 + i)).collect();
@@ -123,13 +124,17 @@ impl Cluster {
                 format!(
                     "[listeners.tcp]\nbind = \"{host}:0\"\n[metrics]\nbind = \"{host}:0\"\n\
                      [admin]\nenabled = false\n[limits]\nshutdown_drain = \"1s\"\n\
+                     [storage]\nbackend = \"{backend}\"\npath = \"n{i}-data\"\nsync = \"never\"\n\
                      [cluster]\nenabled = true\nnode = \"n{i}\"\nnats = [{}]\n",
-                    urls.join(", ")
+                    urls.join(", "),
                 ),
             )
             .expect("write config");
             let config = config.display().to_string();
-            let process = BrokkProcess::start(["--config", config.as_str()], &[]);
+            let process = BrokkProcess::start(
+                ["--config", config.as_str()],
+                &[("BROKK_STORAGE__BACKEND", backend)],
+            );
             nodes.push(Node {
                 process,
                 addr: SocketAddr::from(([0, 0, 0, 0], 0)),
@@ -460,7 +465,8 @@ fn an_unreachable_nats_is_named() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routing_takeover_retained_and_a_lost_nats_server() {
-    let mut cluster = Cluster::start();
+    // The disk store (the default): a waiting session's stored messages move with it.
+    let mut cluster = Cluster::start("disk");
     let (mut publisher, _) = Raw::connect(cluster.addr(0), v5("publisher")).await;
 
     let mut first = subscribers(&cluster, &mut publisher, "a").await;
@@ -588,7 +594,7 @@ async fn routing_takeover_retained_and_a_lost_nats_server() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_node_fails_over_and_a_stopping_node_drains() {
-    let mut cluster = Cluster::start();
+    let mut cluster = Cluster::start("memory");
 
     // Node 1 is paused; the client reconnects on node 2 (taken without node 1's answer).
     // Resumed, node 1 finds its copy stale and closes it with failed_over (0x9C).

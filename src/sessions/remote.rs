@@ -46,6 +46,7 @@ impl Sessions {
     /// there is no session, or it does not outlive its connection.
     pub async fn surrender(self: &Arc<Self>, client_id: &str, how: Surrender) -> Option<Handover> {
         if let Some((state, queue)) = self.table.discard_waiting(client_id) {
+            self.load_backlog(&state, &queue).await;
             return Some(self.export(state, &queue, how));
         }
         if self.table.presence(client_id) != Some(true) {
@@ -92,7 +93,10 @@ impl Sessions {
             _ => return state.map(|s| self.export_unqueued(s)),
         };
         match state {
-            Some(state) => Some(self.export(state, &queue, how)),
+            Some(state) => {
+                self.load_backlog(&state, &queue).await;
+                Some(self.export(state, &queue, how))
+            }
             None => {
                 queue.close();
                 None
@@ -100,8 +104,45 @@ impl Sessions {
         }
     }
 
+    /// A persistent session's queue keeps its oldest messages in the durable store while it
+    /// waits: they are read back into memory so that they move with it.
+    async fn load_backlog(&self, state: &SessionState, queue: &Arc<Queue>) {
+        if !state.is_persisted() || !self.store.durable() {
+            return;
+        }
+        queue.set_connected(true);
+        while let Some(backlog) = queue.backlog_to_load(usize::MAX) {
+            let loaded = match self
+                .store
+                .load(state.client_id().clone(), backlog.from, backlog.count)
+                .await
+            {
+                Ok(loaded) => loaded,
+                Err(error) => {
+                    tracing::error!(client_id = %crate::logsafe::LogId(state.client_id()), %error, "cluster: a moving session's stored messages could not be read");
+                    return;
+                }
+            };
+            let deliveries = loaded
+                .deliveries
+                .into_iter()
+                .map(|stored| {
+                    let mut delivery = Delivery::new(
+                        stored.message,
+                        stored.qos,
+                        stored.retain,
+                        stored.subscription_identifiers,
+                    );
+                    delivery.seq = stored.seq;
+                    delivery
+                })
+                .collect();
+            queue.loaded(deliveries, loaded.next);
+        }
+    }
+
     /// The session leaves this node: its subscriptions leave the index, its queue's messages
-    /// go with it and the queue closes. Counted as ended here (`failed_over`: the session
+    /// go with it and the queue closes; a stored copy here is removed. Counted as ended here (`failed_over`: the session
     /// lives on elsewhere).
     fn export(&self, state: Box<SessionState>, queue: &Arc<Queue>, how: Surrender) -> Handover {
         let filters: Vec<&str> = state.subscriptions().map(|(f, _)| f).collect();
@@ -112,6 +153,11 @@ impl Sessions {
         queue.close();
         if how == Surrender::Drained {
             self.ended(state.client_id(), SessionEnd::FailedOver);
+        } else if state.is_persisted() && self.store.durable() {
+            // Stored here, it would come back at this node's next start: it lives elsewhere.
+            drop(self.store.submit(vec![super::store::Change::SessionGone {
+                client_id: state.client_id().clone(),
+            }]));
         }
         let mut handover = self.export_unqueued(state);
         handover.queued = queued;
