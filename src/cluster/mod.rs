@@ -3,7 +3,7 @@
 //! - Liveness: every node puts its MQTT address under its name in the `brokk_nodes` bucket
 //!   every [`HEARTBEAT`]; the bucket's entries age out after [`NODE_TTL`] (NATS 2.9 has no
 //!   per-key TTL, so the whole bucket has that max age). A node with no entry is dead.
-//! - Routing: each publish goes to NATS under its topic's subject ([`subject`]), tagged with
+//! - Routing: each publish goes to NATS under its topic's subject (see [`topic_subject`]), tagged with
 //!   its origin node and a sequence number; a node holds one NATS subscription per distinct
 //!   subject its local subscriptions need (counted), drops its own messages coming back
 //!   (they were delivered locally already) and duplicates (a message matching two of its
@@ -161,7 +161,7 @@ fn unix_ms(at: SystemTime) -> u64 {
 impl Cluster {
     /// Connects to NATS, opens the buckets, loads the retained messages and starts the
     /// node's tasks. `filters` is the routing index's change feed (see
-    /// [`crate::routing::Routing::watch_filters`]).
+    /// `Routing::watch_filters`).
     pub async fn start(
         config: &ClusterConfig,
         address: String,
