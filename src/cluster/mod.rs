@@ -57,6 +57,8 @@ const HANDOVER_WAIT: Duration = Duration::from_secs(2);
 const STALE_GRACE: Duration = Duration::from_millis(1500);
 /// How many times a CONNECT tries to take a client id's entry before it is refused.
 const CLAIM_ATTEMPTS: usize = 8;
+/// Publish batches waiting to go to NATS, at most.
+const FORWARD_QUEUE: usize = 65_536;
 /// Message ids remembered per origin node, to drop duplicates.
 const SEEN_WINDOW: usize = 4096;
 
@@ -100,7 +102,10 @@ pub struct Cluster {
     retained: kv::Store,
     sessions: Arc<Sessions>,
     seq: AtomicU64,
-    outbound: mpsc::UnboundedSender<(Vec<Arc<Message>>, Arc<str>)>,
+    /// To the forwarding task; bounded, so a NATS outage cannot grow it without limit.
+    outbound: mpsc::Sender<(Vec<Arc<Message>>, Arc<str>)>,
+    /// Batches not forwarded because the queue to NATS was full.
+    unforwarded: AtomicU64,
     /// A drain under way: the Server Reference its clients are sent.
     drain_reference: OnceLock<String>,
     /// Sessions a drain is moving: their state once taken from their connection, until the
@@ -191,7 +196,7 @@ impl Cluster {
         let nodes = bucket(&js, NODES, NODE_TTL).await?;
         let owners = bucket(&js, OWNERS, Duration::ZERO).await?;
         let retained = bucket(&js, RETAINED, Duration::ZERO).await?;
-        let (outbound, outbound_rx) = mpsc::unbounded_channel();
+        let (outbound, outbound_rx) = mpsc::channel(FORWARD_QUEUE);
         let cluster = Arc::new(Cluster {
             node: node.clone(),
             address,
@@ -202,6 +207,7 @@ impl Cluster {
             sessions: sessions.clone(),
             seq: AtomicU64::new(0),
             outbound,
+            unforwarded: AtomicU64::new(0),
             drain_reference: OnceLock::new(),
             moving: Mutex::new(HashMap::new()),
             claiming: Mutex::new(HashMap::new()),
@@ -612,7 +618,7 @@ impl Cluster {
     /// Publishes to NATS in the order the node's clients published.
     async fn forward_loop(
         self: Arc<Self>,
-        mut outbound: mpsc::UnboundedReceiver<(Vec<Arc<Message>>, Arc<str>)>,
+        mut outbound: mpsc::Receiver<(Vec<Arc<Message>>, Arc<str>)>,
     ) {
         let (retained, retained_rx) = mpsc::unbounded_channel();
         let store = tokio::spawn(self.clone().store_retained(retained_rx));
@@ -846,7 +852,19 @@ impl Forward for Cluster {
             .cloned()
             .collect();
         if !messages.is_empty() {
-            let _ = self.outbound.send((messages, Arc::from(publisher)));
+            if self
+                .outbound
+                .try_send((messages, Arc::from(publisher)))
+                .is_err()
+            {
+                let n = self.unforwarded.fetch_add(1, Ordering::Relaxed);
+                if n.is_power_of_two() {
+                    tracing::warn!(
+                        batches = n + 1,
+                        "cluster: NATS is not keeping up; publishes not forwarded to other nodes"
+                    );
+                }
+            }
         }
     }
 }
