@@ -851,19 +851,18 @@ impl Forward for Cluster {
             .filter(|m| !m.topic.starts_with('$'))
             .cloned()
             .collect();
-        if !messages.is_empty() {
-            if self
+        if !messages.is_empty()
+            && self
                 .outbound
                 .try_send((messages, Arc::from(publisher)))
                 .is_err()
-            {
-                let n = self.unforwarded.fetch_add(1, Ordering::Relaxed);
-                if n.is_power_of_two() {
-                    tracing::warn!(
-                        batches = n + 1,
-                        "cluster: NATS is not keeping up; publishes not forwarded to other nodes"
-                    );
-                }
+        {
+            let n = self.unforwarded.fetch_add(1, Ordering::Relaxed);
+            if (n + 1).is_power_of_two() {
+                tracing::warn!(
+                    batches = n + 1,
+                    "cluster: NATS is not keeping up; publishes not forwarded to other nodes"
+                );
             }
         }
     }
