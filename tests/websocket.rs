@@ -528,6 +528,43 @@ async fn a_slow_upgrade_is_closed_at_connect_timeout() {
     broker.stop().await;
 }
 
+/// A WebSocket client whose socket ends without a close frame is `connection_lost`, as over
+/// TCP (not a protocol violation), and its will fires.
+#[tokio::test]
+async fn a_socket_ending_without_a_close_frame_is_connection_lost() {
+    let (broker, addr) = broker_with(|_| {}).await;
+    let (mut watcher, _) = Raw::connect(broker.addr, connect_packet(Version::V5, "watcher")).await;
+    watcher
+        .send_packet(&subscribe("wills/#", QoS::AtMostOnce))
+        .await;
+    assert!(matches!(watcher.recv().await, Some(Packet::SubAck(_))));
+    let mut ws = Ws::open(addr, "/mqtt").await;
+    let mut connect = connect_packet(Version::V5, "dropper");
+    connect.will = Some(brokk::protocol::Will {
+        topic: "wills/dropper".to_string(),
+        payload: Bytes::from_static(b"gone"),
+        qos: QoS::AtMostOnce,
+        retain: false,
+        properties: Default::default(),
+        delay_interval: 0,
+    });
+    ws.send_packet(&Packet::Connect(Box::new(connect))).await;
+    assert!(matches!(ws.recv().await, Some(Packet::ConnAck(c)) if c.reason_code == 0));
+    drop(ws);
+    match watcher.recv().await {
+        Some(Packet::Publish(p)) => assert_eq!(&p.payload[..], b"gone"),
+        other => panic!("no will: {other:?}"),
+    }
+    let page = get_json(
+        broker.admin.expect("admin"),
+        "/v1/closes?client_id=dropper",
+        None,
+    )
+    .await;
+    assert_eq!(page["closes"][0]["reason"], "connection_lost", "{page}");
+    broker.stop().await;
+}
+
 /// A client id connected over WebSocket is taken over by a TCP CONNECT (the WebSocket client
 /// gets 0x8E) and back again.
 #[tokio::test]

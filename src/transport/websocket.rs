@@ -175,13 +175,10 @@ where
             let upgraded = on_upgrade
                 .await
                 .map_err(|e| HandshakeError::Io(e.to_string()))?;
-            let ws = WebSocketStream::from_raw_socket(
-                TokioIo::new(upgraded),
-                Role::Server,
-                Some(config),
-            )
-            .await;
-            Ok((WsStream::new(ws), protocol))
+            Ok((
+                over_upgraded(TokioIo::new(upgraded), config).await,
+                protocol,
+            ))
         }
         (_, Outcome::Refused(refusal)) => Err(HandshakeError::Refused {
             status: refusal.status.as_u16(),
@@ -196,6 +193,15 @@ where
         (Err(error), _) => Err(HandshakeError::Io(error.to_string())),
         (Ok(()), _) => Err(HandshakeError::Closed),
     }
+}
+
+/// The server side of a WebSocket whose upgrade is done, as a byte stream (the fuzz target
+/// drives it over an in-memory pipe).
+pub async fn over_upgraded<S>(stream: S, config: WebSocketConfig) -> WsStream<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    WsStream::new(WebSocketStream::from_raw_socket(stream, Role::Server, Some(config)).await)
 }
 
 #[derive(Default)]
@@ -389,7 +395,11 @@ impl<S> WsStream<S> {
 fn ws_error<S>(stream: &mut WsStream<S>, error: tungstenite::Error) -> Option<io::Error> {
     use tungstenite::Error as E;
     match error {
-        E::ConnectionClosed | E::AlreadyClosed => None,
+        // A socket that ends without a close frame ends the stream as over TCP
+        // (`connection_lost`), not as a protocol violation.
+        E::ConnectionClosed
+        | E::AlreadyClosed
+        | E::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake) => None,
         E::Io(error) => Some(error),
         E::Capacity(error) => Some(stream.violation(Violation::TooLarge(error.to_string()))),
         E::Protocol(error) => Some(stream.violation(Violation::Protocol(error.to_string()))),
