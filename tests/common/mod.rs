@@ -268,6 +268,8 @@ pub fn rss() -> u64 {
 pub fn assert_growth_below(before: u64, limit: u64, what: &str) {
     let after = rss();
     let growth = after.saturating_sub(before);
+    // The figure itself, for `cargo nextest run --no-capture` (the issue notes quote them).
+    eprintln!("{what}: resident memory grew by {} KiB", growth / 1024);
     assert!(
         growth < limit,
         "{what}: resident memory grew by {} MiB (limit {} MiB)",
