@@ -578,7 +578,12 @@ async fn sessions_move_between_websocket_and_tcp() {
         matches!(last.last(), Some(Packet::Disconnect(d)) if d.reason_code == 0x8E),
         "the WebSocket client is told: {last:?}"
     );
-    let _ws_again = Ws::connect(addr, Version::V5, "mover").await;
+    assert_eq!(
+        ws.close,
+        Some((CloseCode::Normal, "session_taken_over".to_string())),
+        "the close frame names the reason"
+    );
+    let mut ws_again = Ws::connect(addr, Version::V5, "mover").await;
     let last = tcp.until_closed().await;
     assert!(
         matches!(last.last(), Some(Packet::Disconnect(d)) if d.reason_code == 0x8E),
@@ -586,7 +591,18 @@ async fn sessions_move_between_websocket_and_tcp() {
     );
     let session = get_json(broker.admin.expect("admin"), "/v1/sessions/mover", None).await;
     assert_eq!(session["listener"], "ws", "{session}");
-    broker.stop().await;
+    // A stopping broker: DISCONNECT 0x8B, then close frame 1001 "server_shutdown".
+    let stopping = tokio::spawn(broker.stop());
+    let last = ws_again.until_closed().await;
+    assert!(
+        matches!(last.last(), Some(Packet::Disconnect(d)) if d.reason_code == 0x8B),
+        "{last:?}"
+    );
+    assert_eq!(
+        ws_again.close,
+        Some((CloseCode::Away, "server_shutdown".to_string()))
+    );
+    stopping.await.expect("stopped");
 }
 
 /// wss: TLS, then the upgrade, then MQTT, with a CA made at test time.
