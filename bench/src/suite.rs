@@ -22,6 +22,10 @@ pub struct SuiteOpts {
     pub pinned: bool,
     #[arg(long, default_value = "../target/release/brokk")]
     pub brokk_bin: PathBuf,
+    /// The brokk binary predates `[storage]` and `[admin]` (comparisons with earlier commits):
+    /// its config leaves both sections out (it had no store and no admin API).
+    #[arg(long)]
+    pub brokk_legacy_config: bool,
     #[arg(long, default_value = "mosquitto")]
     pub mosquitto_bin: String,
     /// Only this broker (brokk or mosquitto).
@@ -192,6 +196,7 @@ pub async fn run(o: SuiteOpts) -> i32 {
     }
     let settings = Settings {
         brokk_bin: o.brokk_bin.clone(),
+        brokk_legacy_config: o.brokk_legacy_config,
         mosquitto_bin: o.mosquitto_bin.clone(),
         dir: o.dir.clone(),
         pinned: o.pinned,
