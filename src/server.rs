@@ -382,53 +382,62 @@ async fn accept_loop(
             shutdown: shutdown.clone(),
             identity: crate::auth::PeerIdentity::None,
         };
-        let tls = tls.clone();
-        let drain = drain.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            let _drain = drain;
-            serve_socket(ctx, stream, tls).await;
-        });
+        tokio::spawn(serve_socket(ctx, stream, tls.clone(), slot, drain.clone()));
     }
 }
 
-async fn serve_socket(
+/// A connection's task: the connection, and the guards that count it open (`slot`) and keep
+/// the shutdown's drain waiting (`drain`) until it ends. A plain function returning an `async`
+/// block: an `async fn` (or an `async` block around one) would keep its arguments twice in the
+/// task, which every idle connection holds.
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+fn serve_socket(
     ctx: ConnectionContext,
     stream: TcpStream,
     tls: Option<crate::tls::TlsListener>,
-) {
-    match tls {
-        None => {
-            let (reader, writer) = stream.into_split();
-            connection::serve_halves(ctx, reader, writer).await
+    slot: ConnectionSlot,
+    drain: mpsc::Sender<()>,
+) -> impl std::future::Future<Output = ()> + Send {
+    async move {
+        match tls {
+            None => {
+                let (reader, writer) = stream.into_split();
+                connection::serve_halves(ctx, reader, writer).await
+            }
+            Some(tls) => serve_tls(ctx, stream, tls).await,
         }
-        // Boxed: a TLS session is large, and plain connections should not carry its size.
-        Some(tls) => {
-            Box::pin(async move {
-                let started = tokio::time::Instant::now();
-                let mut ctx = ctx;
-                match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream)).await
-                {
-                    Ok(Ok(tls_stream)) => {
-                        if tls.identity_as_username {
-                            ctx.identity = crate::tls::peer_identity(tls_stream.get_ref().1);
-                        }
-                        connection::serve(ctx, tls_stream).await
-                    }
-                    Ok(Err(error)) => {
-                        let detail = crate::tls::handshake_failure(&error);
-                        let ended = handshake_failed(&ctx, &detail);
-                        connection::log_close(&ctx.broker, ended, started)
-                    }
-                    Err(_) => {
-                        let ended = handshake_failed(&ctx, "TLS handshake timed out");
-                        connection::log_close(&ctx.broker, ended, started)
-                    }
-                }
-            })
-            .await
-        }
+        drop((slot, drain));
     }
+}
+
+/// A TLS connection: the handshake, then the connection (boxed: a TLS session is large, and
+/// plain connections should not carry its size).
+fn serve_tls(
+    ctx: ConnectionContext,
+    stream: TcpStream,
+    tls: crate::tls::TlsListener,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+    Box::pin(async move {
+        let started = tokio::time::Instant::now();
+        let mut ctx = ctx;
+        match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream)).await {
+            Ok(Ok(tls_stream)) => {
+                if tls.identity_as_username {
+                    ctx.identity = crate::tls::peer_identity(tls_stream.get_ref().1);
+                }
+                connection::serve(ctx, tls_stream).await
+            }
+            Ok(Err(error)) => {
+                let detail = crate::tls::handshake_failure(&error);
+                let ended = handshake_failed(&ctx, &detail);
+                connection::log_close(&ctx.broker, ended, started)
+            }
+            Err(_) => {
+                let ended = handshake_failed(&ctx, "TLS handshake timed out");
+                connection::log_close(&ctx.broker, ended, started)
+            }
+        }
+    })
 }
 
 fn handshake_failed<'a>(ctx: &ConnectionContext, detail: &'a str) -> connection::Ended<'a> {
