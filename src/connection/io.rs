@@ -168,12 +168,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Io<R, W> {
             match read_some(&mut self.reader, &mut self.rbuf).await {
                 Ok((0, _)) => return Err(CloseReason::ConnectionLost.into()),
                 Ok((n, _)) => stats.bytes_received.increment(n as u64),
-                Err(error) => {
-                    return Err(Close::detailed(
-                        CloseReason::IoException,
-                        format!("read failed: {error}"),
-                    ));
-                }
+                Err(error) => return Err(super::run::io_failed("read", &error)),
             }
         }
     }
