@@ -527,7 +527,7 @@ async fn serve_websocket<S>(
     match tokio::time::timeout(timeout, upgrade).await {
         Ok(Ok((ws, protocol))) => {
             tracing::debug!(peer = %ctx.peer, subprotocol = protocol, "WebSocket upgraded");
-            connection::serve(ctx, ws).await
+            websocket::with_close_note(connection::serve(ctx, ws)).await
         }
         Ok(Err(error)) => refused(&ctx, error.close_reason(), &error.to_string(), started),
         Err(_) => {

@@ -59,6 +59,8 @@ impl Kind {
 
 pub struct Settings {
     pub brokk_bin: PathBuf,
+    /// Leave `[storage]` and `[admin]` out of brokk's config (binaries older than both).
+    pub brokk_legacy_config: bool,
     pub mosquitto_bin: String,
     pub rumqttd_bin: String,
     pub nats_bin: String,
@@ -95,12 +97,16 @@ impl Broker {
         let (program, args, log) = match kind {
             Kind::Brokk => {
                 let conf = s.dir.join("brokk.toml");
+                let recent = if s.brokk_legacy_config {
+                    ""
+                } else {
+                    "[storage]\nbackend = \"memory\"\n\n[admin]\nenabled = false\n\n"
+                };
                 write(
                     &conf,
                     &format!(
                         "[listeners.tcp]\nbind = \"127.0.0.1:{port}\"\n\n[metrics]\nenabled = false\n\n\
-                         [storage]\nbackend = \"memory\"\n\n[admin]\nenabled = false\n\n\
-                         [limits]\nmax_connections = 1000000\nreceive_maximum = {inf}\nmax_inflight = {inf}\n\
+                         {recent}[limits]\nmax_connections = 1000000\nreceive_maximum = {inf}\nmax_inflight = {inf}\n\
                          max_queue_depth = {q}\nmax_queue_depth_disconnected = {q}\n",
                         inf = s.inflight,
                         q = s.queue_depth

@@ -23,6 +23,10 @@ pub struct SuiteOpts {
     pub pinned: bool,
     #[arg(long, default_value = "../target/release/brokk")]
     pub brokk_bin: PathBuf,
+    /// The brokk binary predates `[storage]` and `[admin]` (comparisons with earlier commits):
+    /// its config leaves both sections out (it had no store and no admin API).
+    #[arg(long)]
+    pub brokk_legacy_config: bool,
     #[arg(long, default_value = "mosquitto")]
     pub mosquitto_bin: String,
     /// rumqttd (`cargo install rumqttd`); skipped, with a note, if it cannot be started.
@@ -202,6 +206,7 @@ pub async fn run(o: SuiteOpts) -> i32 {
     let started = Instant::now();
     let settings = Settings {
         brokk_bin: o.brokk_bin.clone(),
+        brokk_legacy_config: o.brokk_legacy_config,
         mosquitto_bin: o.mosquitto_bin.clone(),
         rumqttd_bin: o.rumqttd_bin.clone(),
         nats_bin: o.nats_bin.clone(),
