@@ -179,6 +179,7 @@ class Browser:
 
 def main():
     started = time.monotonic()
+    shutil.rmtree(SHOTS, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix="brokk-console-"))
     try:
         run(tmp)
@@ -313,6 +314,29 @@ def steps(b, base, admin, host, port, has_websocket):
     b.wait("alice restored", "!document.querySelector('#revoked tr[data-user=\"alice\"]') && document.querySelector('#action-result')?.innerText.includes('restored')")
     subprocess.run(["mosquitto_pub", "-h", host, "-p", port, "-u", "alice", "-P", "pw-alice",
                     "-t", "chat/x", "-m", "hi"], check=True, capture_output=True, timeout=WAIT)
+
+    # The viewer's MQTT codec, byte for byte (MQTT 3.1.1 sections 3.1, 3.8, 3.3, 2.2.3).
+    codec = b.eval("""import('/console/mqtt.js').then(m => {
+      const hex = (a) => [...a].map(b => b.toString(16).padStart(2, '0')).join('');
+      const big = m.encodePublish('t', new Uint8Array(200));
+      const split = m.decode(new Uint8Array([0x90, 3, 0, 1, 0, 0xd0, 0, 0x30]));
+      return {
+        connect: hex(m.encodeConnect({clientId: 'c', username: 'u', password: 'p', keepAlive: 30})),
+        subscribe: hex(m.encodeSubscribe(1, 'a/#', 1)),
+        publish: hex(m.encodePublish('a', 'hi', {qos: 1, retain: true, id: 5})),
+        bigHeader: hex(big.subarray(0, 3)), bigLength: big.length,
+        split: split.packets.map(p => p.type), rest: split.rest.length,
+        parsed: m.parsePublish(2, new Uint8Array([0, 1, 0x61, 0, 9, 0x6f, 0x6b])),
+      };
+    })""")
+    # Remaining length 19: "MQTT", level 4, flags user+password+clean, keep-alive 30; c, u, p.
+    assert codec["connect"] == "1013" "00044d515454" "04" "c2" "001e" "000163" "000175" "000170", codec
+    assert codec["subscribe"] == "8208" "0001" "0003612f23" "01", codec
+    assert codec["publish"] == "330700016100056869", codec
+    # 203 bytes of remaining length take two bytes: 0xcb 0x01.
+    assert codec["bigHeader"] == "30cb01" and codec["bigLength"] == 206, codec
+    assert codec["split"] == [9, 13] and codec["rest"] == 1, codec
+    assert codec["parsed"]["topic"] == "a" and codec["parsed"]["id"] == 9, codec
 
     # The live topic viewer.
     b.goto(base + "#/live")
