@@ -169,6 +169,8 @@ class Browser:
     def screenshot(self, name):
         # Lets fonts and layout settle: two animation frames.
         self.eval("new Promise(r => requestAnimationFrame(() => requestAnimationFrame(() => r(true))))")
+        shown = self.eval("document.querySelector('main').innerText")
+        assert not re.search(r"\b(null|undefined|NaN)\b|\[object ", shown), f"{name}: a value leaked as text:\n{shown}"
         data = self.call("Page.captureScreenshot", format="png")["data"]
         SHOTS.mkdir(parents=True, exist_ok=True)
         (SHOTS / f"{name}.png").write_bytes(base64.b64decode(data))

@@ -458,7 +458,7 @@ async function usersPage(root) {
         h("tbody", {}, [...counts].sort().map(([u, n]) => h("tr", { "data-user": u },
           h("td", {}, h("a", { href: `#/sessions?user=${enc(u)}` }, u)), h("td.num", {}, n),
           h("td", {}, h("button.danger", { type: "button", onclick: () => revoke(u) }, "Revoke")))))),
-      sessions.next ? h("p.muted", {}, "(from the first 1,000 sessions)") : null);
+      ...(sessions.next ? [h("p.muted", {}, "(from the first 1,000 sessions)")] : []));
   }
   await draw();
 }
