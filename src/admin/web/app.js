@@ -113,12 +113,19 @@ function confirmAction(text, okLabel) {
   });
 }
 
-// The close a kick or revoke produced, as the history has it (polled for a few seconds).
-async function resultingCloses(params, after) {
+// The newest close's position in the history, before an action (-1: none yet). Positions, not
+// times: the browser's clock need not agree with the broker's.
+async function historyMark() {
+  const page = await api("/v1/closes?limit=1");
+  return page.closes.length ? page.closes[0].seq : -1;
+}
+
+// The closes a kick or revoke produced, as the history has it (polled for a few seconds).
+async function resultingCloses(params, mark) {
   const deadline = Date.now() + 5000;
   for (;;) {
     const page = await api(`/v1/closes${q({ ...params, limit: 20 })}`);
-    const fresh = page.closes.filter((c) => Date.parse(c.at) >= after - 1000);
+    const fresh = page.closes.filter((c) => c.seq > mark);
     if (fresh.length || Date.now() > deadline) return fresh;
     await new Promise((r) => setTimeout(r, 250));
   }
@@ -335,7 +342,7 @@ async function sessionPage(root, _params, [clientId]) {
         `Kick ${clientId}? Its connection is closed with closed_by_controller` +
         (keep.checked ? "; the session waits for the client." : " and its session is discarded."), "Kick");
       if (!ok) return;
-      const started = Date.now();
+      const started = await historyMark();
       kick.disabled = true;
       await api(`/v1/sessions/${enc(clientId)}${keep.checked ? "?keep_session=true" : ""}`, { method: "DELETE" });
       const closes = await resultingCloses({ client_id: clientId }, started);
@@ -420,7 +427,7 @@ async function usersPage(root) {
     const ok = await confirmAction(`Revoke ${user}? Every session of ${user} is closed with revoked and discarded, ` +
       "and its CONNECTs are refused until restored (kept across restarts).", "Revoke");
     if (!ok) return;
-    const started = Date.now();
+    const started = await historyMark();
     await api(`/v1/users/${enc(user)}/revoke`, { method: "POST" });
     const closes = await resultingCloses({ user, reason: "revoked" }, started);
     await draw();
