@@ -28,6 +28,17 @@ function h(spec, attrs = {}, ...children) {
   return el;
 }
 
+// On a narrow screen a table's rows become cards: each cell is labelled with its column
+// (style.css shows the label before the value).
+function cards(table) {
+  const heads = [...table.querySelectorAll("thead th")].map((th) => th.textContent);
+  for (const row of table.querySelectorAll("tbody tr")) {
+    [...row.children].forEach((td, i) => td.setAttribute("data-label", heads[i] ?? ""));
+  }
+  table.classList.add("cards");
+  return table;
+}
+
 class ApiError extends Error {
   constructor(status, message) {
     super(message);
@@ -300,7 +311,7 @@ async function sessionsPage(root, params) {
   async function load() {
     const after = cursors[cursors.length - 1];
     const page = await api(`/v1/sessions${q({ prefix: params.prefix, user: params.user, state: params.state, limit, after })}`);
-    table.replaceChildren(page.sessions.length === 0 ? h("p.muted", {}, "No session matches.") :
+    table.replaceChildren(page.sessions.length === 0 ? h("p.muted", {}, "No session matches.") : cards(
       h("table", { id: "sessions" },
         h("thead", {}, h("tr", {}, ["client id", "state", "user", "peer", "protocol", "listener", "since"].map((t) => h("th", {}, t)),
           ["subs", "queued", "in flight"].map((t) => h("th.num", {}, t)))),
@@ -313,7 +324,7 @@ async function sessionsPage(root, params) {
         h("td", {}, s.user ?? h("span.muted", {}, "—")),
         h("td.mono", {}, s.peer), h("td", {}, s.protocol), h("td", {}, s.listener),
         h("td", { title: when(s.connected_since) }, s.state === "connected" ? ago(s.connected_since) : `waiting ${ago(s.disconnected_since)}`),
-        h("td.num", {}, num(s.subscriptions)), h("td.num", {}, num(s.queued)), h("td.num", {}, num(s.inflight)))))));
+        h("td.num", {}, num(s.subscriptions)), h("td.num", {}, num(s.queued)), h("td.num", {}, num(s.inflight))))))));
     pager.replaceChildren(
       h("button.quiet", { type: "button", disabled: cursors.length === 1, onclick: () => { cursors.pop(); load(); } }, "← Previous"),
       h("span.muted", {}, `page ${cursors.length}`),
@@ -368,11 +379,11 @@ async function sessionPage(root, _params, [clientId]) {
         result)),
     h("div.card", {}, h("h2", {}, `Subscriptions (${s.subscription_list.length})`),
       s.subscription_list.length === 0 ? h("p.muted", {}, "None.") :
-        h("div.scroll", {}, h("table", { id: "subscriptions" },
+        h("div.scroll", {}, cards(h("table", { id: "subscriptions" },
           h("thead", {}, h("tr", {}, ["filter", "QoS", "no local", "retain as published", "identifier"].map((t) => h("th", {}, t)))),
           h("tbody", {}, s.subscription_list.map((x) => h("tr", {},
             h("td.mono", {}, x.filter), h("td", {}, x.qos), h("td", {}, x.no_local ? "yes" : "no"),
-            h("td", {}, x.retain_as_published ? "yes" : "no"), h("td", {}, x.subscription_identifier ?? "—"))))))));
+            h("td", {}, x.retain_as_published ? "yes" : "no"), h("td", {}, x.subscription_identifier ?? "—")))))))));
 }
 
 async function closesPage(root, params) {
@@ -398,7 +409,7 @@ async function closesPage(root, params) {
   async function load() {
     const before = befores[befores.length - 1];
     const page = await api(`/v1/closes${q({ reason: params.reason, client_id: params.client_id, user: params.user, limit: 50, before })}`);
-    table.replaceChildren(page.closes.length === 0 ? h("p.muted", {}, "No close matches.") :
+    table.replaceChildren(page.closes.length === 0 ? h("p.muted", {}, "No close matches.") : cards(
       h("table", { id: "closes" },
         h("thead", {}, h("tr", {}, ["at", "client id", "user", "peer", "reason", "why", "detail", "lasted"].map((t) => h("th", {}, t)))),
         h("tbody", {}, page.closes.map((c) => h("tr", { "data-reason": c.reason, "data-client-id": c.client_id ?? "" },
@@ -409,7 +420,7 @@ async function closesPage(root, params) {
           h("td", {}, h("a", { href: `#/closes?reason=${enc(c.reason)}` }, reasonBadge(c.reason))),
           h("td.muted", {}, reasonDoc(c.reason)?.summary ?? ""),
           h("td", {}, c.detail ?? ""),
-          h("td", {}, duration(c.duration_ms)))))));
+          h("td", {}, duration(c.duration_ms))))))));
     pager.replaceChildren(
       h("button.quiet", { type: "button", disabled: befores.length === 1, onclick: () => { befores.pop(); load(); } }, "← Newer"),
       h("button.quiet", { type: "button", disabled: page.next === null, onclick: () => { befores.push(page.next); load(); } }, "Older →"));
