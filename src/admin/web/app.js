@@ -22,7 +22,7 @@ function h(spec, attrs = {}, ...children) {
     else el.setAttribute(key, value);
   }
   for (const child of children.flat()) {
-    if (child === null || child === undefined || child === false) continue;
+    if (child === null || child === undefined || child === false || child === "") continue;
     el.append(child instanceof Node ? child : document.createTextNode(String(child)));
   }
   return el;
