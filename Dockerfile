@@ -2,7 +2,7 @@
 #
 #   docker build -t brokk .          (or scripts/docker-build, which also works where the build
 #                                     container cannot reach crates.io or pull base images)
-#   docker run -p 1883:1883 -p 9883:9883 brokk
+#   docker run -p 1883:1883 -p 8080:8080 -p 9883:9883 brokk
 #
 # Configuration is read from /etc/brokk/broker.toml (the repository's broker.toml); mount your
 # own over it, e.g. -v $PWD/broker.toml:/etc/brokk/broker.toml:ro. For TLS on 8883, mount the
@@ -63,9 +63,10 @@ RUN mkdir -p /var/lib/brokk && chown 10001:10001 /var/lib/brokk
 ENV BROKK_STORAGE__PATH=/var/lib/brokk
 VOLUME /var/lib/brokk
 USER 10001:10001
-# MQTT, MQTT over TLS (when [listeners.tls] is configured), Prometheus metrics. The admin API
+# MQTT, MQTT over TLS (when [listeners.tls] is configured), MQTT over WebSocket
+# (ws://HOST:8080/mqtt), Prometheus metrics. The admin API
 # listens on the container's loopback only (bind it to 0.0.0.0 with a token_file to publish it).
-EXPOSE 1883 8883 9883
+EXPOSE 1883 8883 8080 9883
 # brokk shuts down gracefully (exit 0) on SIGTERM, which `docker stop` sends.
 STOPSIGNAL SIGTERM
 # GET /v1/health on the admin API (127.0.0.1:9884 inside the container; no token needed): a

@@ -79,6 +79,47 @@ pub struct ListenerConfig {
     /// This listener's own `limits.write_timeout` (unset: the global one).
     #[serde(default, with = "humantime_serde")]
     pub write_timeout: Option<Duration>,
+    /// MQTT over WebSocket on this listener (with `tls` too: wss).
+    #[serde(default)]
+    pub websocket: Option<WebSocketConfig>,
+    /// A PROXY protocol (v1 or v2) header comes first on every connection: its source address
+    /// is the client's.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+}
+
+impl ListenerConfig {
+    /// A plain MQTT listener on `bind` (every option unset).
+    pub fn new(bind: BindAddr) -> ListenerConfig {
+        ListenerConfig {
+            bind,
+            tls: None,
+            tcp_keepalive: None,
+            write_timeout: None,
+            websocket: None,
+            proxy_protocol: false,
+        }
+    }
+}
+
+/// `websocket = { path = "/mqtt" }`: the HTTP path the WebSocket upgrade is served on.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WebSocketConfig {
+    #[serde(default = "default_websocket_path")]
+    pub path: String,
+}
+
+fn default_websocket_path() -> String {
+    "/mqtt".to_string()
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        WebSocketConfig {
+            path: default_websocket_path(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -248,11 +289,13 @@ impl Default for Config {
         let mut listeners = BTreeMap::new();
         listeners.insert(
             "tcp".to_string(),
+            ListenerConfig::new(SocketAddr::from(([0, 0, 0, 0], 1883)).into()),
+        );
+        listeners.insert(
+            "ws".to_string(),
             ListenerConfig {
-                bind: SocketAddr::from(([0, 0, 0, 0], 1883)).into(),
-                tls: None,
-                tcp_keepalive: None,
-                write_timeout: None,
+                websocket: Some(WebSocketConfig::default()),
+                ..ListenerConfig::new(SocketAddr::from(([0, 0, 0, 0], 8080)).into())
             },
         );
         Config {
@@ -407,6 +450,9 @@ impl Config {
             if let Some(tls) = &listener.tls {
                 validate_tls(name, tls)?;
             }
+            if let Some(ws) = &listener.websocket {
+                validate_websocket_path(name, &ws.path)?;
+            }
             if let Some(idle) = listener.tcp_keepalive {
                 crate::liveness::check_keepalive(&format!("listeners.{name}.tcp_keepalive"), idle)?;
             }
@@ -558,6 +604,22 @@ impl Config {
         }
         admin.token().map(|_| ())
     }
+}
+
+/// A WebSocket path: absolute, printable ASCII, no query or fragment (the request's path is
+/// compared with it exactly).
+fn validate_websocket_path(listener: &str, path: &str) -> Result<(), ConfigError> {
+    let key = format!("listeners.{listener}.websocket.path");
+    if !path.starts_with('/') {
+        return Err(invalid(&key, format!("{path:?} must start with /")));
+    }
+    if !path.bytes().all(|b| b.is_ascii_graphic()) || path.contains(['?', '#']) {
+        return Err(invalid(
+            &key,
+            format!("{path:?} must be printable ASCII without spaces, '?' or '#'"),
+        ));
+    }
+    Ok(())
 }
 
 impl AdminConfig {
@@ -878,6 +940,31 @@ mod tests {
     }
 
     #[test]
+    fn websocket_and_proxy_protocol_keys() {
+        let config = Config::from_toml(
+            "[listeners.w]\nbind = \"127.0.0.1:0\"\nwebsocket = { path = \"/ws\" }\nproxy_protocol = true\n\
+             [listeners.d]\nbind = \"127.0.0.1:0\"\nwebsocket = {}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            config.listeners["w"].websocket.as_ref().unwrap().path,
+            "/ws"
+        );
+        assert!(config.listeners["w"].proxy_protocol);
+        assert_eq!(
+            config.listeners["d"].websocket.as_ref().unwrap().path,
+            "/mqtt"
+        );
+        assert!(!config.listeners["d"].proxy_protocol);
+        let bad = error("[listeners.w]\nbind = \"127.0.0.1:0\"\nwebsocket = { path = \"mqtt\" }\n");
+        assert!(bad.contains("listeners.w.websocket.path"), "{bad}");
+        let bad = error("[listeners.w]\nbind = \"127.0.0.1:0\"\nwebsocket = { path = \"/a b\" }\n");
+        assert!(bad.contains("listeners.w.websocket.path"), "{bad}");
+        let bad = error("[listeners.w]\nbind = \"127.0.0.1:0\"\nwebsocket = { pth = \"/\" }\n");
+        assert!(bad.contains("pth"), "{bad}");
+    }
+
+    #[test]
     fn empty_file_takes_defaults() {
         assert_eq!(Config::from_toml("").unwrap(), Config::default());
         let partial = Config::from_toml("[limits]\nmax_packet_size = 2048\n").unwrap();
@@ -1007,7 +1094,7 @@ mod tests {
             config.listeners["tcp"].bind,
             "127.0.0.1:1884".parse().unwrap()
         );
-        assert_eq!(config.listeners.len(), 1);
+        assert_eq!(config.listeners.len(), 2, "tcp and ws");
         assert!(!config.auth.allow_anonymous);
         assert_eq!(config.limits.connect_timeout, Duration::from_secs(3));
         assert_eq!(config.limits.queue_full_policy, QueueFullPolicy::DropNewest);

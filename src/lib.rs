@@ -38,3 +38,4 @@ pub mod server;
 pub mod sessions;
 mod sys;
 pub mod tls;
+pub mod transport;

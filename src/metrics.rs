@@ -45,6 +45,10 @@ pub const STORE_MESSAGES: &str = "brokk_store_messages";
 pub const STORE_BYTES: &str = "brokk_store_bytes";
 pub const STORE_RECOVERY_SECONDS: &str = "brokk_store_recovery_seconds";
 pub const BUILD_INFO: &str = "brokk_build_info";
+/// Per listener (`[listeners.NAME]`): separate series, so that `brokk_connections` and
+/// `brokk_connections_closed_total` keep their label sets.
+pub const LISTENER_CONNECTIONS: &str = "brokk_listener_connections";
+pub const LISTENER_CONNECTIONS_CLOSED: &str = "brokk_listener_connections_closed_total";
 
 /// Every brokk metric name, for tests and tooling (the `process_*` series come on top).
 pub const ALL: [&str; 14] = [
@@ -63,6 +67,9 @@ pub const ALL: [&str; 14] = [
     SESSIONS_ENDED,
     BUILD_INFO,
 ];
+
+/// The per-listener series, created (at zero) for each listener when it starts serving.
+pub const PER_LISTENER: [&str; 2] = [LISTENER_CONNECTIONS, LISTENER_CONNECTIONS_CLOSED];
 
 /// `brokk_sessions{state}` values.
 pub const SESSION_STATES: [&str; 2] = ["connected", "disconnected"];
@@ -146,6 +153,14 @@ pub fn describe() {
         "Sessions, by state: connected or waiting for their client."
     );
     describe_counter!(CONNECTIONS_CLOSED, "Connections closed, by close reason.");
+    describe_gauge!(
+        LISTENER_CONNECTIONS,
+        "Open network connections, by listener."
+    );
+    describe_counter!(
+        LISTENER_CONNECTIONS_CLOSED,
+        "Connections closed, by listener and close reason."
+    );
     describe_counter!(
         CONNECTS,
         "CONNECT packets handled, by protocol version and result (refusals by code)."
@@ -184,6 +199,27 @@ pub fn describe() {
         STORE_RECOVERY_SECONDS,
         "Durable store: how long reading it back took at start, seconds."
     );
+}
+
+/// Creates the per-listener series of listener `name` at zero (they are shared by every
+/// broker in the process, so nothing is reset).
+pub fn initialise_listener(name: &str) {
+    gauge!(LISTENER_CONNECTIONS, "listener" => name.to_string()).increment(0.0);
+    for reason in CloseReason::ALL {
+        counter!(LISTENER_CONNECTIONS_CLOSED, "listener" => name.to_string(), "reason" => reason.label())
+            .increment(0);
+    }
+}
+
+/// One more (`delta` 1) or one fewer (-1) open connection on listener `name`.
+pub fn listener_connections(name: &str, delta: f64) {
+    gauge!(LISTENER_CONNECTIONS, "listener" => name.to_string()).increment(delta);
+}
+
+/// Counts a close on listener `name`.
+pub fn count_listener_close(name: &str, reason: CloseReason) {
+    counter!(LISTENER_CONNECTIONS_CLOSED, "listener" => name.to_string(), "reason" => reason.label())
+        .increment(1);
 }
 
 /// Installs the Prometheus recorder process-wide on first call and returns its handle; later

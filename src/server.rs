@@ -17,11 +17,12 @@ use tokio::task::JoinHandle;
 
 use crate::auth::AuthError;
 use crate::broker::Broker;
-use crate::close::CloseReason;
+use crate::close::{CloseReason, InvalidKind};
 use crate::config::{Config, ConfigError, StorageBackend, StorageConfig, StorageSync};
 use crate::connection::{self, ConnectionContext};
 use crate::sessions::store::{DiskStore, MemoryStore, SessionStore, disk::Sync as DiskSync};
 use crate::tls::TlsError;
+use crate::transport::{proxy, websocket};
 
 pub use preflight::{Prepared, PreparedListener, preflight};
 
@@ -86,8 +87,9 @@ impl Server {
         let mut acceptors = Vec::new();
         for listener in prepared {
             let key = format!("listeners.{}.bind", listener.name);
+            let transport = Arc::new(Transport::of(&config, &listener));
             for socket in bind_all(&key, &listener.addrs, LISTEN_BACKLOG)? {
-                acceptors.push((listener.name.clone(), socket, listener.tls.clone()));
+                acceptors.push((listener.name.clone(), socket, transport.clone()));
             }
         }
         let handle = crate::metrics::install();
@@ -129,19 +131,27 @@ impl Server {
         let (drain_tx, drained_rx) = mpsc::channel(1);
         let mut listeners = Vec::new();
         let mut accept_tasks = Vec::new();
-        for (name, socket, tls) in acceptors {
+        for (name, socket, transport) in acceptors {
             let addr = socket.local_addr().map_err(|source| StartError::Bind {
                 key: format!("listeners.{name}.bind"),
                 addr: SocketAddr::from(([0, 0, 0, 0], 0)),
                 source,
             })?;
-            tracing::info!(listener = %name, %addr, tls = tls.is_some(), "listening");
+            tracing::info!(
+                listener = %name,
+                %addr,
+                tls = transport.tls.is_some(),
+                websocket = transport.websocket.as_deref(),
+                proxy_protocol = transport.proxy_protocol,
+                "listening"
+            );
+            crate::metrics::initialise_listener(&name);
             listeners.push((name.clone(), addr));
             accept_tasks.push(tokio::spawn(accept_loop(
                 broker.clone(),
                 Arc::from(name.as_str()),
                 socket,
-                tls,
+                transport,
                 shutdown_rx.clone(),
                 drain_tx.clone(),
             )));
@@ -356,12 +366,38 @@ pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
 }
 
 /// Counts an open connection; the count drops when the task ends, however it ends.
-struct ConnectionSlot(Arc<Broker>);
+struct ConnectionSlot(Arc<Broker>, Arc<str>);
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         self.0.connections.fetch_sub(1, Ordering::Relaxed);
         self.0.stats.connections.decrement(1.0);
+        crate::metrics::listener_connections(&self.1, -1.0);
+    }
+}
+
+/// What a listener's connections travel over, besides TCP.
+struct Transport {
+    tls: Option<crate::tls::TlsListener>,
+    /// The WebSocket path (`websocket = { path = ... }`), when the listener speaks WebSocket.
+    websocket: Option<String>,
+    /// A PROXY protocol header comes first.
+    proxy_protocol: bool,
+    /// Frame and message limits of a WebSocket listener.
+    frames: tokio_tungstenite::tungstenite::protocol::WebSocketConfig,
+}
+
+impl Transport {
+    fn of(config: &Config, listener: &PreparedListener) -> Transport {
+        let settings = config.listeners.get(&listener.name);
+        Transport {
+            tls: listener.tls.clone(),
+            websocket: settings
+                .and_then(|l| l.websocket.as_ref())
+                .map(|ws| ws.path.clone()),
+            proxy_protocol: settings.is_some_and(|l| l.proxy_protocol),
+            frames: websocket::frame_config(config.limits.max_packet_size as usize),
+        }
     }
 }
 
@@ -369,7 +405,7 @@ async fn accept_loop(
     broker: Arc<Broker>,
     listener: Arc<str>,
     socket: TcpListener,
-    tls: Option<crate::tls::TlsListener>,
+    transport: Arc<Transport>,
     mut shutdown: watch::Receiver<bool>,
     drain: mpsc::Sender<()>,
 ) {
@@ -397,7 +433,8 @@ async fn accept_loop(
         }
         let open = broker.connections.fetch_add(1, Ordering::Relaxed) + 1;
         broker.stats.connections.increment(1.0);
-        let slot = ConnectionSlot(broker.clone());
+        crate::metrics::listener_connections(&listener, 1.0);
+        let slot = ConnectionSlot(broker.clone(), listener.clone());
         let ctx = ConnectionContext {
             broker: broker.clone(),
             peer,
@@ -406,47 +443,78 @@ async fn accept_loop(
             shutdown: shutdown.clone(),
             identity: crate::auth::PeerIdentity::None,
         };
-        let tls = tls.clone();
+        let transport = transport.clone();
         let drain = drain.clone();
         tokio::spawn(async move {
             let _slot = slot;
             let _drain = drain;
-            serve_socket(ctx, stream, tls).await;
+            serve_socket(ctx, stream, transport).await;
         });
     }
 }
 
 async fn serve_socket(
-    ctx: ConnectionContext,
-    stream: TcpStream,
-    tls: Option<crate::tls::TlsListener>,
+    mut ctx: ConnectionContext,
+    mut stream: TcpStream,
+    transport: Arc<Transport>,
 ) {
-    match tls {
-        None => {
+    let started = tokio::time::Instant::now();
+    if transport.proxy_protocol {
+        let timeout = ctx.broker.config.limits.connect_timeout;
+        match Box::pin(tokio::time::timeout(
+            timeout,
+            proxy::read_header(&mut stream),
+        ))
+        .await
+        {
+            Ok(Ok(Some(source))) => ctx.peer = source,
+            Ok(Ok(None)) => {}
+            Ok(Err(error)) => {
+                let reason = match error {
+                    proxy::ProxyError::Closed => CloseReason::ConnectionLost,
+                    proxy::ProxyError::Io(_) => CloseReason::IoException,
+                    _ => CloseReason::InvalidInboundMessage(InvalidKind::Malformed),
+                };
+                return refused(&ctx, reason, &error.to_string(), started);
+            }
+            Err(_) => {
+                let detail = "no PROXY header within connect_timeout";
+                return refused(&ctx, CloseReason::ClientUnresponsive, detail, started);
+            }
+        }
+    }
+    match (&transport.tls, &transport.websocket) {
+        (None, None) => {
             let (reader, writer) = stream.into_split();
             connection::serve_halves(ctx, reader, writer).await
         }
+        (None, Some(path)) => {
+            Box::pin(serve_websocket(ctx, stream, path, &transport, started)).await
+        }
         // Boxed: a TLS session is large, and plain connections should not carry its size.
-        Some(tls) => {
-            Box::pin(async move {
-                let started = tokio::time::Instant::now();
+        (Some(tls), websocket) => {
+            Box::pin(async {
                 let mut ctx = ctx;
-                match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream)).await
-                {
+                let accepted = tls.acceptor.accept(stream);
+                match tokio::time::timeout(tls.handshake_timeout, accepted).await {
                     Ok(Ok(tls_stream)) => {
                         if tls.identity_as_username {
                             ctx.identity = crate::tls::peer_identity(tls_stream.get_ref().1);
                         }
-                        connection::serve(ctx, tls_stream).await
+                        match websocket {
+                            None => connection::serve(ctx, tls_stream).await,
+                            Some(path) => {
+                                serve_websocket(ctx, tls_stream, path, &transport, started).await
+                            }
+                        }
                     }
                     Ok(Err(error)) => {
                         let detail = crate::tls::handshake_failure(&error);
-                        let ended = handshake_failed(&ctx, &detail);
-                        connection::log_close(&ctx.broker, ended, started)
+                        refused(&ctx, CloseReason::IoException, &detail, started)
                     }
                     Err(_) => {
-                        let ended = handshake_failed(&ctx, "TLS handshake timed out");
-                        connection::log_close(&ctx.broker, ended, started)
+                        let detail = "TLS handshake timed out";
+                        refused(&ctx, CloseReason::IoException, detail, started)
                     }
                 }
             })
@@ -455,12 +523,46 @@ async fn serve_socket(
     }
 }
 
-fn handshake_failed<'a>(ctx: &ConnectionContext, detail: &'a str) -> connection::Ended<'a> {
-    connection::Ended {
+/// The WebSocket upgrade (within `limits.connect_timeout`), then MQTT over it.
+async fn serve_websocket<S>(
+    ctx: ConnectionContext,
+    stream: S,
+    path: &str,
+    transport: &Transport,
+    started: tokio::time::Instant,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let timeout = ctx.broker.config.limits.connect_timeout;
+    let upgrade = websocket::accept(stream, path, transport.frames);
+    match tokio::time::timeout(timeout, upgrade).await {
+        Ok(Ok((ws, protocol))) => {
+            tracing::debug!(peer = %ctx.peer, subprotocol = protocol, "WebSocket upgraded");
+            connection::serve(ctx, ws).await
+        }
+        Ok(Err(error)) => refused(&ctx, error.close_reason(), &error.to_string(), started),
+        Err(_) => {
+            let detail = "no WebSocket upgrade within connect_timeout";
+            refused(&ctx, CloseReason::ClientUnresponsive, detail, started)
+        }
+    }
+}
+
+/// Logs and counts a connection that ended before MQTT began (a TLS handshake, a WebSocket
+/// upgrade, a PROXY header).
+fn refused(
+    ctx: &ConnectionContext,
+    reason: CloseReason,
+    detail: &str,
+    started: tokio::time::Instant,
+) {
+    let ended = connection::Ended {
         client_id: None,
         user: None,
         peer: ctx.peer,
-        reason: CloseReason::IoException,
+        listener: &ctx.listener,
+        reason,
         detail: Some(detail),
-    }
+    };
+    connection::log_close(&ctx.broker, ended, started)
 }

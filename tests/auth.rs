@@ -693,6 +693,8 @@ impl Pki {
             }),
             tcp_keepalive: None,
             write_timeout: None,
+            websocket: None,
+            proxy_protocol: false,
         }
     }
 

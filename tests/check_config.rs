@@ -286,6 +286,7 @@ fn a_port_in_use_exits_1() {
         Vec::<&str>::new(),
         &[
             ("BROKK_LISTENERS__TCP__BIND", &addr),
+            ("BROKK_LISTENERS__WS__BIND", "127.0.0.1:0"),
             ("BROKK_METRICS__BIND", "127.0.0.1:0"),
         ],
     );

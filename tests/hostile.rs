@@ -1141,3 +1141,220 @@ async fn connection_flood_past_max_connections_is_refused_with_0x97() {
     still_serves(broker.addr).await;
     broker.stop().await;
 }
+
+// ---------------------------------------------------------------------------------------
+// WebSocket: garbage frames, fragmented garbage, frames that break RFC 6455
+// ---------------------------------------------------------------------------------------
+
+/// A deterministic byte source (xorshift), so a failing case can be replayed.
+struct Bytes64(u64);
+
+impl Bytes64 {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn fill(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+}
+
+/// One client frame: FIN, RSV bits, opcode, masked or not (clients must mask), the payload.
+fn ws_frame(fin: bool, rsv: u8, opcode: u8, masked: bool, payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![(u8::from(fin) << 7) | (rsv << 4) | opcode];
+    let mask_bit = if masked { 0x80 } else { 0 };
+    match payload.len() {
+        n if n < 126 => out.push(mask_bit | n as u8),
+        n if n <= 0xffff => {
+            out.push(mask_bit | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(mask_bit | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    let key = [0x37, 0xfa, 0x21, 0x3d];
+    if masked {
+        out.extend_from_slice(&key);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    } else {
+        out.extend_from_slice(payload);
+    }
+    out
+}
+
+/// A WebSocket listener's socket after a completed upgrade.
+async fn ws_upgraded(addr: SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(
+            b"GET /mqtt HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+              Sec-WebSocket-Protocol: mqtt\r\n\r\n",
+        )
+        .await
+        .expect("send");
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        let n = timeout(stream.read(&mut byte)).await.expect("read");
+        assert_eq!(n, 1, "closed during the upgrade");
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"));
+    stream
+}
+
+/// Whatever garbage a WebSocket client sends, after the upgrade or in place of it, the broker
+/// closes that connection (never hangs on it, never answers with text, never crashes) and goes
+/// on serving WebSocket and TCP clients, within a memory ceiling.
+#[tokio::test]
+async fn websocket_garbage_frames_are_closed_and_the_broker_keeps_serving() {
+    let broker = start_with(|c| {
+        c.listeners.insert(
+            "ws".to_string(),
+            brokk::config::ListenerConfig {
+                websocket: Some(brokk::config::WebSocketConfig::default()),
+                ..brokk::config::ListenerConfig::new("127.0.0.1:0".parse().expect("addr"))
+            },
+        );
+        c.limits.max_packet_size = 64 * 1024;
+        c.limits.connect_timeout = Duration::from_secs(2);
+    })
+    .await;
+    let ws = broker.server().local_addr("ws").expect("ws listener");
+    let before = rss();
+    let mut random = Bytes64(0x9E37_79B9_7F4A_7C15);
+    let connect = connect_v311_bytes(b"hostile-ws");
+    let mut cases: Vec<(String, Vec<u8>)> = vec![
+        (
+            "unmasked binary frame".into(),
+            ws_frame(true, 0, 2, false, &connect),
+        ),
+        ("RSV bits set".into(), ws_frame(true, 7, 2, true, &connect)),
+        (
+            "reserved opcode 3".into(),
+            ws_frame(true, 0, 3, true, &connect),
+        ),
+        (
+            "reserved control opcode 0xB".into(),
+            ws_frame(true, 0, 0xB, true, b""),
+        ),
+        (
+            "continuation without a start".into(),
+            ws_frame(true, 0, 0, true, &connect),
+        ),
+        ("fragmented ping".into(), ws_frame(false, 0, 9, true, b"x")),
+        (
+            "ping longer than 125 bytes".into(),
+            ws_frame(true, 0, 9, true, &[0; 200]),
+        ),
+        ("text in the middle of a binary message".into(), {
+            let mut v = ws_frame(false, 0, 2, true, &connect[..3]);
+            v.extend(ws_frame(true, 0, 1, true, b"text"));
+            v
+        }),
+        ("new message before the last one ended".into(), {
+            let mut v = ws_frame(false, 0, 2, true, &connect[..3]);
+            v.extend(ws_frame(true, 0, 2, true, &connect[3..]));
+            v
+        }),
+        ("a 64-bit length with the top bit set".into(), {
+            let mut v = vec![0x82, 0xFF];
+            v.extend_from_slice(&u64::MAX.to_be_bytes());
+            v.extend_from_slice(&[0; 4]);
+            v
+        }),
+        (
+            "close frame with a 1-byte payload".into(),
+            ws_frame(true, 0, 8, true, b"x"),
+        ),
+        (
+            "garbage MQTT in a binary frame".into(),
+            ws_frame(true, 0, 2, true, &[0xFF; 32]),
+        ),
+    ];
+    for i in 0..24 {
+        let n = 1 + (random.next() % 300) as usize;
+        cases.push((format!("random bytes #{i}"), random.fill(n)));
+        // Fragmented garbage: a binary start and continuations of random MQTT bytes.
+        let mut v = Vec::new();
+        let parts = 1 + random.next() % 5;
+        for p in 0..parts {
+            let n = (random.next() % 40) as usize;
+            let opcode = if p == 0 { 2 } else { 0 };
+            v.extend(ws_frame(p + 1 == parts, 0, opcode, true, &random.fill(n)));
+        }
+        cases.push((format!("fragmented garbage #{i}"), v));
+    }
+    for (what, bytes) in &cases {
+        let mut stream = ws_upgraded(ws).await;
+        // Garbage after a valid CONNECT for half of the cases: the session state machine too.
+        if what.contains('#') && what.ends_with(['0', '2', '4', '6', '8']) {
+            stream
+                .write_all(&ws_frame(true, 0, 2, true, &connect))
+                .await
+                .expect("send");
+        }
+        let _ = stream.write_all(bytes).await;
+        if what.contains('#') {
+            // Random bytes may be a valid prefix the broker rightly waits on (a frame or a
+            // packet announcing more): the client's EOF then ends it.
+            let _ = stream.shutdown().await;
+        }
+        // The broker closes: an EOF or a reset (the crafted violations without any help).
+        let mut sink = Vec::new();
+        let ended =
+            tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut sink)).await;
+        assert!(ended.is_ok(), "{what}: the connection was not closed");
+        // Nothing but binary and close frames (and HTTP never again) comes back.
+        assert!(!sink.starts_with(b"HTTP"), "{what}: {sink:?}");
+        if let Some(first) = sink.first() {
+            assert!(matches!(first & 0x0f, 2 | 8), "{what}: frame 0x{first:02x}");
+        }
+    }
+    // Garbage instead of an upgrade: an HTTP 400, or a close.
+    for i in 0..8 {
+        let mut stream = TcpStream::connect(ws).await.expect("connect");
+        let n = 1 + (random.next() % 400) as usize;
+        let _ = stream.write_all(&random.fill(n)).await;
+        let _ = stream.shutdown().await;
+        let mut answer = Vec::new();
+        let ended =
+            tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+        assert!(ended.is_ok(), "garbage request #{i}: not closed");
+        assert!(
+            answer.is_empty() || answer.starts_with(b"HTTP/1.1 4"),
+            "garbage request #{i}: {:?}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+    assert_growth_below(before, 64 * MIB, "WebSocket garbage");
+    // Still serving: a WebSocket client completes CONNECT, and so does a TCP client.
+    let mut stream = ws_upgraded(ws).await;
+    stream
+        .write_all(&ws_frame(
+            true,
+            0,
+            2,
+            true,
+            &connect_v311_bytes(b"after-ws-garbage"),
+        ))
+        .await
+        .expect("send");
+    let mut connack = [0u8; 6];
+    timeout(stream.read_exact(&mut connack))
+        .await
+        .expect("CONNACK frame");
+    assert_eq!(
+        connack,
+        [0x82, 4, 0x20, 2, 0, 0],
+        "a binary frame holding CONNACK 0"
+    );
+    still_serves(broker.addr).await;
+    broker.stop().await;
+}

@@ -75,6 +75,8 @@ async fn tls_listener_serves_mqtt_and_refuses_clients_without_a_certificate() {
                 }),
                 tcp_keepalive: None,
                 write_timeout: None,
+                websocket: None,
+                proxy_protocol: false,
             },
         );
     })
@@ -238,6 +240,7 @@ async fn sigterm_disconnects_with_0x8b_and_exits_0() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_brokk"))
         .env("BROKK_STORAGE__BACKEND", "memory")
         .env("BROKK_LISTENERS__TCP__BIND", "127.0.0.1:0")
+        .env("BROKK_LISTENERS__WS__BIND", "127.0.0.1:0")
         .env("BROKK_METRICS__BIND", "127.0.0.1:0")
         .env("BROKK_ADMIN__BIND", "127.0.0.1:0")
         .env("RUST_LOG", "info")

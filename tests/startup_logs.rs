@@ -11,8 +11,9 @@ use common::process::{self, BrokkProcess, field, stderr};
 use common::*;
 
 /// Loopback, free ports: the built-in configuration made safe for a test.
-const LOOPBACK: [(&str, &str); 2] = [
+const LOOPBACK: [(&str, &str); 3] = [
     ("BROKK_LISTENERS__TCP__BIND", "127.0.0.1:0"),
+    ("BROKK_LISTENERS__WS__BIND", "127.0.0.1:0"),
     ("BROKK_METRICS__BIND", "127.0.0.1:0"),
 ];
 
@@ -107,8 +108,8 @@ fn anonymous_access_beyond_loopback_is_a_warning() {
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert_eq!(
         err,
-        "brokk: warning: auth.allow_anonymous = true and listeners.tcp not on loopback: \
-         any host that reaches it may connect without credentials\n"
+        "brokk: warning: auth.allow_anonymous = true and listeners.tcp, listeners.ws not on \
+         loopback: any host that reaches them may connect without credentials\n"
     );
     let out = process::run(["--check-config"], &LOOPBACK);
     assert_eq!(stderr(&out), "", "loopback only: nothing to say");
@@ -120,6 +121,7 @@ async fn bind_accepts_a_host_name() {
         Vec::<&str>::new(),
         &[
             ("BROKK_LISTENERS__TCP__BIND", "localhost:0"),
+            ("BROKK_LISTENERS__WS__BIND", "localhost:0"),
             ("BROKK_METRICS__BIND", "localhost:0"),
         ],
     );

@@ -142,6 +142,8 @@ async fn make_certs_serves_mutual_tls() {
                 }),
                 tcp_keepalive: None,
                 write_timeout: None,
+                websocket: None,
+                proxy_protocol: false,
             },
         );
     })

@@ -65,6 +65,8 @@ mod tests {
                 }),
                 tcp_keepalive: None,
                 write_timeout: None,
+                websocket: None,
+                proxy_protocol: false,
             },
         );
         config.auth.password_file = "passwd".into();

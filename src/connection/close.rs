@@ -43,6 +43,7 @@ pub(super) async fn close_unattached<R, W>(
             client_id,
             user,
             peer: ctx.peer,
+            listener: &ctx.listener,
             reason: close.reason,
             detail: close.detail.as_deref(),
         },
@@ -70,6 +71,8 @@ pub(crate) struct Ended<'a> {
     pub client_id: Option<&'a str>,
     pub user: Option<&'a str>,
     pub peer: SocketAddr,
+    /// The listener the connection came in on (`[listeners.NAME]`).
+    pub listener: &'a str,
     pub reason: CloseReason,
     pub detail: Option<&'a str>,
 }
@@ -99,11 +102,13 @@ fn count_and_log(ended: &Ended<'_>, started: Instant) {
     let Ended {
         client_id,
         peer,
+        listener,
         reason,
         detail,
         ..
     } = *ended;
     metrics::counter!(crate::metrics::CONNECTIONS_CLOSED, "reason" => reason.label()).increment(1);
+    crate::metrics::count_listener_close(listener, reason);
     let duration_ms = started.elapsed().as_millis() as u64;
     let id = client_id.unwrap_or("-");
     let client_id = LogId(id);
@@ -187,10 +192,12 @@ impl Connection {
             ..
         } = self;
         let user = lease.user().cloned();
+        let listener = lease.listener().clone();
         let ended = Ended {
             client_id: Some(&client_id),
             user: user.as_deref(),
             peer,
+            listener: &listener,
             reason,
             detail: close.detail.as_deref(),
         };

@@ -115,12 +115,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Io<R, W> {
             match self.reader.read_buf(&mut self.rbuf).await {
                 Ok(0) => return Err(CloseReason::ConnectionLost.into()),
                 Ok(n) => stats.bytes_received.increment(n as u64),
-                Err(error) => {
-                    return Err(Close::detailed(
-                        CloseReason::IoException,
-                        format!("read failed: {error}"),
-                    ));
-                }
+                Err(error) => return Err(super::run::io_failed("read", &error)),
             }
         }
     }

@@ -127,7 +127,10 @@ fn reload_event<F: std::future::Future + Unpin>(
 /// A read or write that failed. ETIMEDOUT is the kernel giving up on the peer (keepalive
 /// probes unanswered, or output unacknowledged for the user timeout): the client is
 /// unresponsive, not the I/O broken, and no farewell can reach it.
-fn io_failed(op: &str, error: &std::io::Error) -> Close {
+pub(super) fn io_failed(op: &str, error: &std::io::Error) -> Close {
+    if let Some(violation) = crate::transport::websocket::Violation::of(error) {
+        return Close::detailed(violation.close_reason(), violation.to_string());
+    }
     if error.kind() == std::io::ErrorKind::TimedOut {
         return Close {
             timed_out: true,

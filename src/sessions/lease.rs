@@ -88,6 +88,11 @@ impl Lease {
     }
 
     /// The connection's user (authenticated at CONNECT), for logs and the close history.
+    /// The listener the connection holding the lease came in on.
+    pub fn listener(&self) -> &Arc<str> {
+        &self.info.listener
+    }
+
     pub fn user(&self) -> Option<&Arc<str>> {
         self.info.user.as_ref()
     }

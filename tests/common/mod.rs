@@ -35,6 +35,8 @@ pub fn test_config() -> Config {
             tls: None,
             tcp_keepalive: None,
             write_timeout: None,
+            websocket: None,
+            proxy_protocol: false,
         },
     );
     config.metrics.bind = "127.0.0.1:0".parse().expect("addr");
@@ -266,6 +268,8 @@ pub fn rss() -> u64 {
 pub fn assert_growth_below(before: u64, limit: u64, what: &str) {
     let after = rss();
     let growth = after.saturating_sub(before);
+    // The figure itself, for `cargo nextest run --no-capture` (the issue notes quote them).
+    eprintln!("{what}: resident memory grew by {} KiB", growth / 1024);
     assert!(
         growth < limit,
         "{what}: resident memory grew by {} MiB (limit {} MiB)",

@@ -47,10 +47,12 @@ def wait_for_port(host: str, port: int, proc: subprocess.Popen, deadline: float)
 
 
 class Broker:
-    def __init__(self, host, port, metrics_port, proc, log_path):
+    def __init__(self, host, port, metrics_port, proc, log_path, ws_port):
         self.host = host
         self.port = port
         self.metrics_port = metrics_port
+        # MQTT over WebSocket: ws://host:ws_port/mqtt
+        self.ws_port = ws_port
         self.proc = proc
         self.log_path = log_path
 
@@ -97,14 +99,15 @@ def _start_broker(tmp_path: Path, attempts: int = 3) -> Broker:
     last_error = None
     for attempt in range(attempts):
         host = "127.0.0.1"
-        port, metrics_port = free_port(), free_port()
-        while metrics_port == port:
-            metrics_port = free_port()
+        port, metrics_port, ws_port = free_port(), free_port(), free_port()
+        while len({port, metrics_port, ws_port}) < 3:
+            metrics_port, ws_port = free_port(), free_port()
         config = tmp_path / f"broker-{attempt}.toml"
         acl = tmp_path / "acl"
         acl.write_text(ACL)
         config.write_text(
             f'[listeners.tcp]\nbind = "{host}:{port}"\n\n'
+            f'[listeners.ws]\nbind = "{host}:{ws_port}"\nwebsocket = {{ path = "/mqtt" }}\n\n'
             f'[metrics]\nenabled = true\nbind = "{host}:{metrics_port}"\n\n'
             '[admin]\nbind = "127.0.0.1:0"\n\n'
             '[limits]\nconnect_timeout = "5s"\n\n'
@@ -123,7 +126,8 @@ def _start_broker(tmp_path: Path, attempts: int = 3) -> Broker:
         log.close()
         try:
             wait_for_port(host, port, proc, STARTUP_DEADLINE)
-            return Broker(host, port, metrics_port, proc, log_path)
+            wait_for_port(host, ws_port, proc, STARTUP_DEADLINE)
+            return Broker(host, port, metrics_port, proc, log_path, ws_port)
         except RuntimeError as e:
             # Another process may have taken one of the ports between free_port() and bind.
             last_error = f"{e}\n--- brokk output ---\n{log_path.read_text(errors='replace')}"

@@ -26,15 +26,20 @@ class Conn:
     """A paho client with its callbacks turned into queues and events."""
 
     def __init__(self, broker, version, client_id="", clean=True, session_expiry=None,
-                 will=None, connect_properties=None):
+                 will=None, connect_properties=None, transport="tcp"):
+        """`transport`: "tcp", or "websockets" for MQTT over WebSocket (the broker's ws listener)."""
         self.broker = broker
         self.version = version
         self.v5 = version == "5.0"
+        self.transport = transport
         kwargs = {}
         if not self.v5:
             kwargs["clean_session"] = clean
         self.client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2,
-                                  client_id=client_id, protocol=PROTOCOLS[version], **kwargs)
+                                  client_id=client_id, protocol=PROTOCOLS[version],
+                                  transport=transport, **kwargs)
+        if transport == "websockets":
+            self.client.ws_set_options(path="/mqtt")
         self.clean = clean
         self.session_expiry = session_expiry
         self.connect_properties = connect_properties
@@ -78,7 +83,8 @@ class Conn:
                 props.SessionExpiryInterval = self.session_expiry
             kwargs["clean_start"] = self.clean
             kwargs["properties"] = props
-        self.client.connect(self.broker.host, self.broker.port, **kwargs)
+        port = self.broker.ws_port if self.transport == "websockets" else self.broker.port
+        self.client.connect(self.broker.host, port, **kwargs)
         self._thread = threading.Thread(target=self._net, daemon=True)
         self._thread.start()
         assert self.connected.wait(WAIT), "no CONNACK"

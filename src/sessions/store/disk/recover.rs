@@ -476,10 +476,19 @@ impl State {
     /// Message sizes and ids, then every queue entry in key order: contiguity per session,
     /// messages present, in-flight marks.
     fn scan_queues(&mut self, scan: &mut Scan) -> Result<(), StoreError> {
-        let ks = self.dbs.ks.clone();
+        let sizes = self.scan_messages()?;
+        let done = self.scan_done(scan)?;
+        self.scan_entries(scan, &sizes)?;
+        self.place_heads(scan, done);
+        Ok(())
+    }
+
+    /// Every stored message body's cost in a queue's byte count, by id; the next message id
+    /// follows the largest one found.
+    fn scan_messages(&mut self) -> Result<HashMap<u64, usize>, StoreError> {
         let mut sizes: HashMap<u64, usize> = HashMap::new();
         let mut max_id = 0;
-        for item in ks.messages.iter() {
+        for item in self.dbs.ks.messages.iter() {
             let (key, value) = item.into_inner().map_err(io)?;
             let Ok(id) = <[u8; 8]>::try_from(key.as_ref()).map(u64::from_be_bytes) else {
                 continue;
@@ -493,8 +502,14 @@ impl State {
             }
         }
         self.writer.next_message_id = max_id + 1;
+        Ok(sizes)
+    }
+
+    /// The entries acknowledged out of order (marked done until those before them are), by
+    /// session.
+    fn scan_done(&mut self, scan: &mut Scan) -> Result<HashMap<Arc<str>, Vec<u64>>, StoreError> {
         let mut done: HashMap<Arc<str>, Vec<u64>> = HashMap::new();
-        for item in ks.inflight.iter() {
+        for item in self.dbs.ks.inflight.iter() {
             let (key, value) = item.into_inner().map_err(io)?;
             let Some(owner) = scan.owner(&key) else {
                 continue;
@@ -505,8 +520,18 @@ impl State {
                 done.entry(owner).or_default().push(r.seq);
             }
         }
+        Ok(done)
+    }
+
+    /// Walks every queue entry in order: a hole in a session's sequence, a damaged entry or a
+    /// missing message loses that session; the rest count into its queue span.
+    fn scan_entries(
+        &mut self,
+        scan: &mut Scan,
+        sizes: &HashMap<u64, usize>,
+    ) -> Result<(), StoreError> {
         let mut expected: HashMap<Arc<str>, u64> = HashMap::new();
-        for item in ks.queue.iter() {
+        for item in self.dbs.ks.queue.iter() {
             let (key, value) = item.into_inner().map_err(io)?;
             let Some(owner) = scan.owner(&key) else {
                 continue;
@@ -545,6 +570,11 @@ impl State {
                 span.bytes += cost;
             }
         }
+        Ok(())
+    }
+
+    /// The writer's view of each stored queue's head, with the entries already done.
+    fn place_heads(&mut self, scan: &mut Scan, done: HashMap<Arc<str>, Vec<u64>>) {
         for (owner, seqs) in done {
             if let Some(session) = scan.sessions.get_mut(&owner) {
                 session.queue.pending = session.queue.pending.saturating_sub(seqs.len());
@@ -570,7 +600,6 @@ impl State {
                 );
             }
         }
-        Ok(())
     }
 
     /// Deletes what is lost or orphaned, and hands back the rest.

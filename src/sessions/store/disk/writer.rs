@@ -7,6 +7,7 @@
 //!   entry before it is done too, so a missing entry always means a loss;
 //! - a message body is stored once and deleted when no queue entry refers to it.
 
+use crate::message::Message;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
@@ -101,38 +102,15 @@ impl Writer {
                 retain,
                 subscription_identifiers,
             } => {
-                let id = *message.stored.get_or_init(|| {
-                    let id = self.next_message_id;
-                    self.next_message_id += 1;
-                    id
-                });
-                let count = self.refcounts.entry(id).or_insert(0);
-                if *count == 0 {
-                    let body = encode(&convert::message_record(&message))?;
-                    w.queues.push((
-                        self.ks.messages.clone(),
-                        keys::message(id).to_vec(),
-                        Some(body),
-                    ));
-                }
-                *count += 1;
+                let message_id = self.store_message(&message, w)?;
                 let entry = QueueEntryRecord {
                     seq,
-                    message_id: id,
+                    message_id,
                     qos: qos as u8,
                     retain,
                     subscription_identifiers,
                 };
-                w.queues.push((
-                    self.ks.queue.clone(),
-                    keys::entry(&client_id, seq),
-                    Some(encode(&entry)?),
-                ));
-                self.heads.entry(client_id.clone()).or_insert(Head {
-                    first: seq,
-                    done: BTreeSet::new(),
-                });
-                self.pending.insert((client_id, seq), id);
+                self.queue_entry(client_id, entry, w)?;
             }
             Change::InFlight {
                 client_id,
@@ -166,35 +144,59 @@ impl Writer {
                 w.sessions.push((self.ks.inbound_qos2.clone(), key, value));
             }
             Change::Retained { topic, message } => {
-                let value = match message {
-                    Some(m) => {
-                        let r = convert::message_record(&m);
-                        Some(encode(&RetainedRecord {
-                            topic: r.topic,
-                            payload: r.payload,
-                            qos: r.qos,
-                            properties: r.properties,
-                            expires_at_ms: r.expires_at_ms,
-                        })?)
-                    }
-                    None => None,
-                };
+                let value = message.map(|m| retained_value(&m)).transpose()?;
                 w.sessions
                     .push((self.ks.retained.clone(), topic.as_bytes().to_vec(), value));
             }
             Change::Revoked { user, revoked } => {
-                let value = if revoked {
-                    Some(encode(&RevokedUserRecord {
-                        username: user.to_string(),
-                        revoked_at_ms: convert::unix_ms(std::time::SystemTime::now()),
-                    })?)
-                } else {
-                    None
-                };
+                let value = revoked.then(|| revoked_value(&user)).transpose()?;
                 w.sessions
                     .push((self.ks.revoked.clone(), user.as_bytes().to_vec(), value));
             }
         }
+        Ok(())
+    }
+
+    /// Gives `message` its store id (once, however many queues hold it) and writes its body
+    /// when no pending entry refers to it yet; the id's reference count grows by one.
+    fn store_message(&mut self, message: &Message, w: &mut Writes) -> Result<u64, StoreError> {
+        let id = *message.stored.get_or_init(|| {
+            let id = self.next_message_id;
+            self.next_message_id += 1;
+            id
+        });
+        let count = self.refcounts.entry(id).or_insert(0);
+        if *count == 0 {
+            let body = encode(&convert::message_record(message))?;
+            w.queues.push((
+                self.ks.messages.clone(),
+                keys::message(id).to_vec(),
+                Some(body),
+            ));
+        }
+        *count += 1;
+        Ok(id)
+    }
+
+    /// Writes one queue entry and remembers it until it is delivered.
+    fn queue_entry(
+        &mut self,
+        client_id: Arc<str>,
+        entry: QueueEntryRecord,
+        w: &mut Writes,
+    ) -> Result<(), StoreError> {
+        let seq = entry.seq;
+        let id = entry.message_id;
+        w.queues.push((
+            self.ks.queue.clone(),
+            keys::entry(&client_id, seq),
+            Some(encode(&entry)?),
+        ));
+        self.heads.entry(client_id.clone()).or_insert(Head {
+            first: seq,
+            done: BTreeSet::new(),
+        });
+        self.pending.insert((client_id, seq), id);
         Ok(())
     }
 
@@ -315,4 +317,24 @@ impl Writer {
         self.heads.remove(client_id);
         Ok(())
     }
+}
+
+/// A retained message's stored value.
+fn retained_value(m: &Message) -> Result<Vec<u8>, StoreError> {
+    let r = convert::message_record(m);
+    encode(&RetainedRecord {
+        topic: r.topic,
+        payload: r.payload,
+        qos: r.qos,
+        properties: r.properties,
+        expires_at_ms: r.expires_at_ms,
+    })
+}
+
+/// A revoked user's stored value.
+fn revoked_value(user: &str) -> Result<Vec<u8>, StoreError> {
+    encode(&RevokedUserRecord {
+        username: user.to_string(),
+        revoked_at_ms: convert::unix_ms(std::time::SystemTime::now()),
+    })
 }
