@@ -111,14 +111,14 @@ impl Server {
         restore(&broker, store).await?;
         let bound = acceptors
             .iter()
-            .filter_map(|(name, socket, tls)| {
+            .filter_map(|(name, socket, transport)| {
                 let addr = socket.local_addr().ok()?;
                 Some(crate::admin::stats::Listener {
                     name: name.clone(),
                     addr: addr.to_string(),
                     port: addr.port(),
-                    tls: tls.is_some(),
-                    websocket_path: None,
+                    tls: transport.tls.is_some(),
+                    websocket_path: transport.websocket.clone(),
                 })
             })
             .collect();

@@ -431,7 +431,8 @@ async fn the_console_pages_are_public_and_its_data_is_not() {
     let b = Binary::start_in(
         dir,
         &format!(
-            "{ADMIN}token_file = {:?}\n",
+            "{ADMIN}token_file = {:?}\n[listeners.ws]\nbind = \"127.0.0.1:0\"\n\
+             websocket = {{ path = \"/mqtt\" }}\n",
             token_file.display().to_string()
         ),
     );
@@ -477,11 +478,22 @@ async fn the_console_pages_are_public_and_its_data_is_not() {
     );
 
     let t = Some(TOKEN);
+    // The live viewer finds the WebSocket listener here: its real port and path.
     let listeners = get_json(b.admin, "/v1/listeners", t).await;
-    assert_eq!(listeners["listeners"][0]["name"], "tcp");
-    assert_eq!(listeners["listeners"][0]["port"], b.mqtt.port());
-    assert_eq!(listeners["listeners"][0]["tls"], false);
-    assert!(listeners["listeners"][0]["websocket_path"].is_null());
+    let named = |name: &str| {
+        listeners["listeners"]
+            .as_array()
+            .and_then(|all| all.iter().find(|l| l["name"] == name).cloned())
+            .unwrap_or_else(|| panic!("no listener {name}: {listeners}"))
+    };
+    let (tcp, ws) = (named("tcp"), named("ws"));
+    assert_eq!(tcp["port"], b.mqtt.port());
+    assert_eq!(tcp["tls"], false);
+    assert!(tcp["websocket_path"].is_null(), "{tcp}");
+    assert_eq!(ws["websocket_path"], "/mqtt", "{ws}");
+    let ws_port = ws["port"].as_u64().expect("port");
+    assert!(ws_port != 0 && ws_port != u64::from(b.mqtt.port()), "{ws}");
+    assert_eq!(ws["addr"], format!("127.0.0.1:{ws_port}"));
 
     let (_client, connack) = Raw::connect(b.mqtt, persistent("console-1")).await;
     assert_eq!(connack.reason_code, 0);

@@ -6,8 +6,8 @@ a wrong token is refused and the page says so; the right one logs in; the overvi
 connected clients; a client started with mosquitto_sub is found on the sessions page, kicked
 (with the confirmation) and its `closed_by_controller` close appears, explained, in the close
 history; a user is revoked (its client closed with `revoked`) and restored; in the live topic
-viewer a message published by mosquitto_pub arrives over MQTT-over-WebSocket (when brokk has a
-WebSocket listener). Screenshots of each page go to target/console-screenshots/.
+viewer, connected over brokk's WebSocket listener, a message published by mosquitto_pub
+arrives and one published from its form reaches mosquitto_sub. Screenshots of each page go to target/console-screenshots/.
 
 Run by scripts/console-test (which makes the venv and finds the binaries); environment:
 BROKK_BIN, CHROMIUM, SCREENSHOTS.
@@ -199,41 +199,28 @@ def run(tmp):
     for user in ("alice", "bob"):
         subprocess.run([BROKK, "passwd", str(passwd), user], input=f"pw-{user}\n", text=True, check=True,
                        stdout=subprocess.DEVNULL)
-    websocket_section = ""
-    if os.environ.get("CONSOLE_WEBSOCKET", "1") == "1":
-        websocket_section = '[listeners.ws]\nbind = "127.0.0.1:0"\nwebsocket = { path = "/mqtt" }\n'
     config = tmp / "broker.toml"
-
-    def write_config(ws):
-        config.write_text(
-            '[listeners.tcp]\nbind = "127.0.0.1:0"\n' + ws +
-            '[metrics]\nbind = "127.0.0.1:0"\n'
-            '[admin]\nbind = "127.0.0.1:0"\ntoken_file = "token"\n'
-            '[auth]\nallow_anonymous = true\npassword_file = "passwd"\n'
-            '[storage]\nbackend = "memory"\n')
-
+    config.write_text(
+        '[listeners.tcp]\nbind = "127.0.0.1:0"\n'
+        '[listeners.ws]\nbind = "127.0.0.1:0"\nwebsocket = { path = "/mqtt" }\n'
+        '[metrics]\nbind = "127.0.0.1:0"\n'
+        '[admin]\nbind = "127.0.0.1:0"\ntoken_file = "token"\n'
+        '[auth]\nallow_anonymous = true\npassword_file = "passwd"\n'
+        '[storage]\nbackend = "memory"\n')
     log_path = tmp / "brokk.log"
-    write_config(websocket_section)
     env = {**os.environ, "NO_COLOR": "1", "RUST_LOG": "info"}
-    broker = spawn([BROKK, "--config", str(config)], stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, env=env)
-    wait_until("brokk started or refused its configuration",
-               lambda: broker.poll() is not None or "admin API listening" in log_path.read_text(errors="replace"))
-    if broker.poll() is not None and websocket_section:
-        # A brokk without WebSocket listeners refuses the unknown key: test the rest.
-        print("console: this brokk has no WebSocket listener; the live viewer is tested without one")
-        websocket_section = ""
-        write_config("")
-        broker = spawn([BROKK, "--config", str(config)], stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, env=env)
+    spawn([BROKK, "--config", str(config)], stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, env=env)
     try:
         admin = log_addr(log_path, "admin API listening")
         mqtt = log_addr(log_path, "listening listener=tcp")
-        run_browser(tmp, admin, mqtt, bool(websocket_section))
+        log_addr(log_path, "listening listener=ws")
+        run_browser(tmp, admin, mqtt)
     except BaseException:
         print("--- brokk log ---\n" + log_path.read_text(errors="replace"), file=sys.stderr)
         raise
 
 
-def run_browser(tmp, admin, mqtt, has_websocket):
+def run_browser(tmp, admin, mqtt):
     host, port = mqtt.rsplit(":", 1)
     base = f"http://{admin}/"
     # Two clients: one anonymous (to kick), one logged in as alice (to revoke).
@@ -244,7 +231,7 @@ def run_browser(tmp, admin, mqtt, has_websocket):
 
     b = Browser(tmp / "chromium")
     try:
-        steps(b, base, admin, host, port, has_websocket)
+        steps(b, base, admin, host, port)
     except BaseException:
         try:
             b.screenshot("failure")
@@ -256,7 +243,7 @@ def run_browser(tmp, admin, mqtt, has_websocket):
         raise
 
 
-def steps(b, base, admin, host, port, has_websocket):
+def steps(b, base, admin, host, port):
     b.goto(base)
     b.wait("the login form", "!document.querySelector('#login').hidden")
 
@@ -342,25 +329,26 @@ def steps(b, base, admin, host, port, has_websocket):
 
     # The live topic viewer.
     b.goto(base + "#/live")
-    if has_websocket:
-        b.wait("the viewer connected", "document.querySelector('#live-status')?.classList.contains('ok')")
-        b.fill("#live-subscribe", {"filter": "plant/#", "qos": "1"})
-        b.wait("the subscription", "document.querySelector('#live-subscriptions li[data-filter=\"plant/#\"]')")
-        subprocess.run(["mosquitto_pub", "-h", host, "-p", port, "-t", "plant/7/temp", "-q", "1",
-                        "-m", "21.5 C from mosquitto_pub"], check=True, timeout=WAIT)
-        row = b.wait("the message in the viewer", "document.querySelector('#messages tr[data-topic=\"plant/7/temp\"]')?.innerText")
-        assert "21.5 C from mosquitto_pub" in row, row
-        # The publish form: the browser's message reaches mosquitto_sub.
-        sub = subprocess.Popen(["mosquitto_sub", "-h", host, "-p", port, "-i", "from-browser", "-t", "plant/from-browser",
-                                "-C", "1", "-W", "10"], stdout=subprocess.PIPE, text=True)
-        processes.append(sub)
-        wait_until("mosquitto_sub subscribed", lambda: api(admin, "/v1/sessions/from-browser").get("subscriptions"))
-        b.fill("#live-publish", {"topic": "plant/from-browser", "payload": "hello from the console", "qos": "1"})
-        out, _ = sub.communicate(timeout=WAIT)
-        assert out.strip() == "hello from the console", out
-        b.wait("the viewer's own message", "document.querySelector('#messages tr[data-topic=\"plant/from-browser\"]')")
-    else:
-        b.wait("the no-listener notice", "document.querySelector('#no-websocket')")
+    b.wait("the viewer connected", "document.querySelector('#live-status')?.classList.contains('ok')")
+    viewer = api(admin, "/v1/sessions?prefix=brokk-console-")["sessions"]
+    assert len(viewer) == 1 and viewer[0]["listener"] == "ws", viewer
+    b.fill("#live-subscribe", {"filter": "plant/#", "qos": "1"})
+    b.wait("the subscription", "document.querySelector('#live-subscriptions li[data-filter=\"plant/#\"]')")
+    subprocess.run(["mosquitto_pub", "-h", host, "-p", port, "-t", "plant/7/temp", "-q", "1",
+                    "-m", "21.5 C from mosquitto_pub"], check=True, timeout=WAIT)
+    row = b.wait("the message in the viewer", "document.querySelector('#messages tr[data-topic=\"plant/7/temp\"]')?.innerText")
+    assert "21.5 C from mosquitto_pub" in row, row
+    # The publish form: the browser's message reaches mosquitto_sub.
+    sub = subprocess.Popen(["mosquitto_sub", "-h", host, "-p", port, "-i", "from-browser", "-t", "plant/from-browser",
+                            "-C", "1", "-W", "10"], stdout=subprocess.PIPE, text=True)
+    processes.append(sub)
+    wait_until("mosquitto_sub subscribed", lambda: api(admin, "/v1/sessions/from-browser").get("subscriptions"))
+    b.fill("#live-publish", {"topic": "plant/from-browser", "payload": "hello from the console", "qos": "1"})
+    out, _ = sub.communicate(timeout=WAIT)
+    assert out.strip() == "hello from the console", out
+    b.wait("the viewer's own message", "document.querySelector('#messages tr[data-topic=\"plant/from-browser\"]')")
+    b.wait("the publish acknowledged", "document.querySelector('#live-action').textContent === 'published to plant/from-browser'")
+    assert b.eval("document.querySelector('#live-status').classList.contains('ok')"), b.text("#live-status")
     b.screenshot("live")
 
     # The history now holds kicks, revokes, refusals and goodbyes; the overview counts them.
@@ -375,7 +363,7 @@ def steps(b, base, admin, host, port, has_websocket):
     # On a phone: no page is wider than the screen (wide tables scroll inside their card).
     b.viewport(390, 844, True)
     for page, ready in [("overview", "#fig-connections"), ("sessions", "#sessions"), ("closes", "#closes"),
-                        ("users", "#revoked"), ("live", "#live-status, #no-websocket")]:
+                        ("users", "#revoked"), ("live", "#live-status")]:
         b.goto(base + f"#/{page}")
         b.wait(f"the {page} page on a phone", f"document.body.dataset.page === '{page}' && document.querySelector('{ready}')")
         width = b.eval("[document.documentElement.scrollWidth, window.innerWidth]")

@@ -494,6 +494,7 @@ async function livePage(root) {
   const url = (l) => `${l.tls ? "wss" : "ws"}://${location.hostname}:${l.port}${l.websocket_path}`;
   const listenerSelect = h("select", { name: "listener" }, ws.map((l, i) => h("option", { value: i }, `${l.name} (${url(l)})`)));
   const status = h("span.status.muted", { id: "live-status" }, "not connected");
+  const action = h("span.status.muted", { id: "live-action" });
   const messages = h("tbody");
   const count = h("span.muted", { id: "message-count" }, "0 messages");
   let received = 0;
@@ -515,7 +516,7 @@ async function livePage(root) {
     h("div.actions", {}, h("button", { type: "submit" }, "Publish")));
   const subs = h("ul", { id: "live-subscriptions" });
   root.append(
-    h("div.card", {}, connectForm, h("p", {}, status)),
+    h("div.card", {}, connectForm, h("p", {}, status), h("p", {}, action)),
     h("div.columns", {},
       h("div.card", {}, h("h2", {}, "Subscribe"), subscribeForm, subs),
       h("div.card", {}, h("h2", {}, "Publish"), publishForm)),
@@ -524,6 +525,7 @@ async function livePage(root) {
     h("div.scroll", { id: "messages" }, h("table", {},
       h("thead", {}, h("tr", {}, ["time", "topic", "QoS", "retain", "payload"].map((t) => h("th", {}, t)))), messages))));
   const setStatus = (text, cls) => { status.textContent = text; status.className = `status ${cls}`; };
+  const setAction = (text, cls) => { action.textContent = text; action.className = `status ${cls}`; };
   const decoder = new TextDecoder("utf-8", { fatal: true });
   const show = (payload) => {
     try {
@@ -561,25 +563,25 @@ async function livePage(root) {
   subscribeForm.addEventListener("submit", async (e) => {
     e.preventDefault();
     const data = Object.fromEntries(new FormData(subscribeForm));
-    if (!liveClient?.connected) { setStatus("connect first", "error"); return; }
+    if (!liveClient?.connected) { setAction("connect first", "error"); return; }
     try {
       const granted = await liveClient.subscribe(data.filter, Number(data.qos));
       const item = h("li", { "data-filter": data.filter }, h("span.mono", {}, data.filter), ` (QoS ${granted}) `,
         h("button.quiet", { type: "button", onclick: async () => { await liveClient?.unsubscribe(data.filter); item.remove(); } }, "Unsubscribe"));
       subs.append(item);
     } catch (err) {
-      setStatus(err.message, "error");
+      setAction(err.message, "error");
     }
   });
   publishForm.addEventListener("submit", async (e) => {
     e.preventDefault();
     const data = new FormData(publishForm);
-    if (!liveClient?.connected) { setStatus("connect first", "error"); return; }
+    if (!liveClient?.connected) { setAction("connect first", "error"); return; }
     try {
       await liveClient.publish(data.get("topic"), data.get("payload"), { qos: Number(data.get("qos")), retain: data.get("retain") === "on" });
-      setStatus(`published to ${data.get("topic")}`, "ok");
+      setAction(`published to ${data.get("topic")}`, "ok");
     } catch (err) {
-      setStatus(err.message, "error");
+      setAction(err.message, "error");
     }
   });
   // Connect at once with no credentials: most brokers with a WebSocket listener for people
