@@ -528,6 +528,43 @@ async fn a_slow_upgrade_is_closed_at_connect_timeout() {
     broker.stop().await;
 }
 
+/// A WebSocket client whose socket ends without a close frame is `connection_lost`, as over
+/// TCP (not a protocol violation), and its will fires.
+#[tokio::test]
+async fn a_socket_ending_without_a_close_frame_is_connection_lost() {
+    let (broker, addr) = broker_with(|_| {}).await;
+    let (mut watcher, _) = Raw::connect(broker.addr, connect_packet(Version::V5, "watcher")).await;
+    watcher
+        .send_packet(&subscribe("wills/#", QoS::AtMostOnce))
+        .await;
+    assert!(matches!(watcher.recv().await, Some(Packet::SubAck(_))));
+    let mut ws = Ws::open(addr, "/mqtt").await;
+    let mut connect = connect_packet(Version::V5, "dropper");
+    connect.will = Some(brokk::protocol::Will {
+        topic: "wills/dropper".to_string(),
+        payload: Bytes::from_static(b"gone"),
+        qos: QoS::AtMostOnce,
+        retain: false,
+        properties: Default::default(),
+        delay_interval: 0,
+    });
+    ws.send_packet(&Packet::Connect(Box::new(connect))).await;
+    assert!(matches!(ws.recv().await, Some(Packet::ConnAck(c)) if c.reason_code == 0));
+    drop(ws);
+    match watcher.recv().await {
+        Some(Packet::Publish(p)) => assert_eq!(&p.payload[..], b"gone"),
+        other => panic!("no will: {other:?}"),
+    }
+    let page = get_json(
+        broker.admin.expect("admin"),
+        "/v1/closes?client_id=dropper",
+        None,
+    )
+    .await;
+    assert_eq!(page["closes"][0]["reason"], "connection_lost", "{page}");
+    broker.stop().await;
+}
+
 /// A client id connected over WebSocket is taken over by a TCP CONNECT (the WebSocket client
 /// gets 0x8E) and back again.
 #[tokio::test]
@@ -541,7 +578,12 @@ async fn sessions_move_between_websocket_and_tcp() {
         matches!(last.last(), Some(Packet::Disconnect(d)) if d.reason_code == 0x8E),
         "the WebSocket client is told: {last:?}"
     );
-    let _ws_again = Ws::connect(addr, Version::V5, "mover").await;
+    assert_eq!(
+        ws.close,
+        Some((CloseCode::Normal, "session_taken_over".to_string())),
+        "the close frame names the reason"
+    );
+    let mut ws_again = Ws::connect(addr, Version::V5, "mover").await;
     let last = tcp.until_closed().await;
     assert!(
         matches!(last.last(), Some(Packet::Disconnect(d)) if d.reason_code == 0x8E),
@@ -549,7 +591,18 @@ async fn sessions_move_between_websocket_and_tcp() {
     );
     let session = get_json(broker.admin.expect("admin"), "/v1/sessions/mover", None).await;
     assert_eq!(session["listener"], "ws", "{session}");
-    broker.stop().await;
+    // A stopping broker: DISCONNECT 0x8B, then close frame 1001 "server_shutdown".
+    let stopping = tokio::spawn(broker.stop());
+    let last = ws_again.until_closed().await;
+    assert!(
+        matches!(last.last(), Some(Packet::Disconnect(d)) if d.reason_code == 0x8B),
+        "{last:?}"
+    );
+    assert_eq!(
+        ws_again.close,
+        Some((CloseCode::Away, "server_shutdown".to_string()))
+    );
+    stopping.await.expect("stopped");
 }
 
 /// wss: TLS, then the upgrade, then MQTT, with a CA made at test time.

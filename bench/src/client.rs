@@ -15,10 +15,114 @@ use brokk::protocol::{
     self, Connect, Packet, Publish, QoS, RetainHandling, Subscribe, SubscriptionRequest, Version,
 };
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::pin::Pin;
+use std::sync::OnceLock;
+use std::task::{Context, Poll};
+
+use brokk::transport::websocket::WsStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 pub type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// The WebSocket path every connection upgrades to (`--ws-path`); unset: plain TCP.
+static WS_PATH: OnceLock<String> = OnceLock::new();
+
+/// Makes every connection MQTT over WebSocket on `path` (subprotocol `mqtt`, one binary
+/// message per write), through brokk's own byte-stream adapter on the client side.
+pub fn use_websocket(path: String) {
+    let _ = WS_PATH.set(path);
+}
+
+type Ws = WsStream<TcpStream>;
+
+/// A connection: TCP, or MQTT over WebSocket on TCP. The TCP case stays a plain `TcpStream`
+/// (split without a lock), so the TCP figures are those of the generator as it was.
+pub enum Stream {
+    Tcp(TcpStream),
+    Ws(Box<Ws>),
+}
+
+pub enum ReadHalf {
+    Tcp(OwnedReadHalf),
+    Ws(tokio::io::ReadHalf<Box<Ws>>),
+}
+
+pub enum WriteHalf {
+    Tcp(OwnedWriteHalf),
+    Ws(tokio::io::WriteHalf<Box<Ws>>),
+}
+
+impl Stream {
+    pub fn into_split(self) -> (ReadHalf, WriteHalf) {
+        match self {
+            Stream::Tcp(s) => {
+                let (r, w) = s.into_split();
+                (ReadHalf::Tcp(r), WriteHalf::Tcp(w))
+            }
+            Stream::Ws(s) => {
+                let (r, w) = tokio::io::split(s);
+                (ReadHalf::Ws(r), WriteHalf::Ws(w))
+            }
+        }
+    }
+}
+
+macro_rules! delegate_read {
+    ($t:ty) => {
+        impl AsyncRead for $t {
+            fn poll_read(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &mut ReadBuf<'_>,
+            ) -> Poll<std::io::Result<()>> {
+                match self.get_mut() {
+                    Self::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+                    Self::Ws(s) => Pin::new(s).poll_read(cx, buf),
+                }
+            }
+        }
+    };
+}
+
+macro_rules! delegate_write {
+    ($t:ty) => {
+        impl AsyncWrite for $t {
+            fn poll_write(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &[u8],
+            ) -> Poll<std::io::Result<usize>> {
+                match self.get_mut() {
+                    Self::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+                    Self::Ws(s) => Pin::new(s).poll_write(cx, buf),
+                }
+            }
+            fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+                match self.get_mut() {
+                    Self::Tcp(s) => Pin::new(s).poll_flush(cx),
+                    Self::Ws(s) => Pin::new(s).poll_flush(cx),
+                }
+            }
+            fn poll_shutdown(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+            ) -> Poll<std::io::Result<()>> {
+                match self.get_mut() {
+                    Self::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+                    Self::Ws(s) => Pin::new(s).poll_shutdown(cx),
+                }
+            }
+        }
+    };
+}
+
+delegate_read!(Stream);
+delegate_read!(ReadHalf);
+delegate_write!(Stream);
+delegate_write!(WriteHalf);
 
 static NEXT_SRC: AtomicU32 = AtomicU32::new(0);
 
@@ -31,19 +135,32 @@ pub fn next_source() -> Ipv4Addr {
 
 /// Opens a TCP connection from a rotated loopback source address, TCP_NODELAY on, and
 /// SO_LINGER 0 so that dropping it sends RST and leaves no TIME_WAIT behind.
-pub async fn open(addr: SocketAddr) -> Res<TcpStream> {
+pub async fn open(addr: SocketAddr) -> Res<Stream> {
     let socket = TcpSocket::new_v4()?;
     socket.set_reuseaddr(true)?;
     socket.bind(SocketAddr::V4(SocketAddrV4::new(next_source(), 0)))?;
     let stream = socket.connect(addr).await?;
     stream.set_nodelay(true)?;
     socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO))?;
-    Ok(stream)
+    let Some(path) = WS_PATH.get() else {
+        return Ok(Stream::Tcp(stream));
+    };
+    let mut request = format!("ws://{addr}{path}").into_client_request()?;
+    request
+        .headers_mut()
+        .insert("Sec-WebSocket-Protocol", "mqtt".parse()?);
+    let (ws, _) = tokio_tungstenite::client_async(request, stream).await?;
+    Ok(Stream::Ws(Box::new(WsStream::new(ws))))
 }
+
+/// Keep-alive of every generator connection: an hour, longer than any run (nothing sends
+/// PINGREQ), and not 0, which rumqttd refuses (`ZeroKeepAlive`).
+const KEEP_ALIVE_SECS: u16 = 3600;
 
 pub fn connect_packet(client_id: &str, clean: bool) -> Connect {
     Connect {
         clean_start: clean,
+        keep_alive: KEEP_ALIVE_SECS,
         ..Connect::new(Version::V311, client_id)
     }
 }
@@ -55,7 +172,7 @@ pub fn encode(packet: &Packet) -> BytesMut {
 }
 
 /// Reads until one whole packet is decoded (by brokk's decoder).
-pub async fn read_packet(stream: &mut TcpStream, buf: &mut BytesMut) -> Res<Packet> {
+pub async fn read_packet(stream: &mut Stream, buf: &mut BytesMut) -> Res<Packet> {
     loop {
         if let Some(p) = protocol::decode(buf, Some(Version::V311), 1 << 28)? {
             return Ok(p);
@@ -68,7 +185,7 @@ pub async fn read_packet(stream: &mut TcpStream, buf: &mut BytesMut) -> Res<Pack
 
 /// Opens a connection and completes CONNECT/CONNACK; returns the stream and the time from
 /// the start of the TCP connect to the CONNACK.
-pub async fn connect(addr: SocketAddr, client_id: &str, clean: bool) -> Res<(TcpStream, Duration)> {
+pub async fn connect(addr: SocketAddr, client_id: &str, clean: bool) -> Res<(Stream, Duration)> {
     let t0 = Instant::now();
     let mut stream = open(addr).await?;
     let out = encode(&Packet::Connect(Box::new(connect_packet(client_id, clean))));
@@ -81,7 +198,7 @@ pub async fn connect(addr: SocketAddr, client_id: &str, clean: bool) -> Res<(Tcp
     }
 }
 
-pub async fn subscribe(stream: &mut TcpStream, filter: &str, qos: QoS) -> Res<()> {
+pub async fn subscribe(stream: &mut Stream, filter: &str, qos: QoS) -> Res<()> {
     let sub = Packet::Subscribe(Subscribe {
         packet_id: 1,
         filters: vec![SubscriptionRequest {

@@ -11,13 +11,12 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::client::{ReadHalf, Stream, WriteHalf};
 use brokk::protocol::QoS;
 use bytes::{Buf, BytesMut};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -138,7 +137,7 @@ struct PhaseCmd {
 }
 
 struct PubConn {
-    writer: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
+    writer: Arc<tokio::sync::Mutex<WriteHalf>>,
     index: u32,
     topic: String,
     inflight: Arc<AtomicU32>,
@@ -164,9 +163,9 @@ pub struct Load {
 static NONCE: AtomicU32 = AtomicU32::new(0);
 
 /// Connects `ids` in parallel (at most 128 handshakes at once), in order.
-pub async fn connect_many(addr: SocketAddr, ids: Vec<String>, clean: bool) -> Res<Vec<TcpStream>> {
+pub async fn connect_many(addr: SocketAddr, ids: Vec<String>, clean: bool) -> Res<Vec<Stream>> {
     let mut set = tokio::task::JoinSet::new();
-    let mut out: Vec<Option<TcpStream>> = (0..ids.len()).map(|_| None).collect();
+    let mut out: Vec<Option<Stream>> = (0..ids.len()).map(|_| None).collect();
     let mut it = ids.into_iter().enumerate();
     let mut pending = 0;
     loop {
@@ -515,7 +514,7 @@ impl Drop for Load {
     }
 }
 
-async fn subscriber(mut stream: TcpStream, stats: Arc<Mutex<SubStats>>, ctl: Arc<Ctl>) {
+async fn subscriber(mut stream: Stream, stats: Arc<Mutex<SubStats>>, ctl: Arc<Ctl>) {
     let mut buf = BytesMut::with_capacity(256 * 1024);
     let mut acks = Vec::with_capacity(4096);
     loop {
@@ -584,8 +583,8 @@ async fn subscriber(mut stream: TcpStream, stats: Arc<Mutex<SubStats>>, ctl: Arc
 /// Reads a publisher's acknowledgements: PUBACK and PUBCOMP free window slots; a PUBREC is
 /// answered with PUBREL at once (Mosquitto routes a QoS 2 message only on PUBREL).
 async fn publisher_acks(
-    mut reader: tokio::net::tcp::OwnedReadHalf,
-    writer: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
+    mut reader: ReadHalf,
+    writer: Arc<tokio::sync::Mutex<WriteHalf>>,
     inflight: Arc<AtomicU32>,
     ctl: Arc<Ctl>,
 ) {

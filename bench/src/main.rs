@@ -37,6 +37,10 @@ struct Target {
     /// The broker's pid: its CPU time and resident memory are read from /proc.
     #[arg(long)]
     broker_pid: Option<u32>,
+    /// MQTT over WebSocket: every client upgrades to ws://ADDR/PATH first (`addr` is then
+    /// the broker's WebSocket listener).
+    #[arg(long)]
+    ws_path: Option<String>,
 }
 
 #[derive(clap::Args, Clone)]
@@ -163,6 +167,19 @@ fn json<T: serde::Serialize>(v: &T) {
 }
 
 async fn run(cmd: Cmd) -> i32 {
+    let target = match &cmd {
+        Cmd::Load { t, .. }
+        | Cmd::Max { t, .. }
+        | Cmd::Storm { t, .. }
+        | Cmd::Idle { t, .. }
+        | Cmd::Takeover { t, .. }
+        | Cmd::Fill { t, .. }
+        | Cmd::Smoke { t, .. } => Some(t),
+        Cmd::Suite(_) => None,
+    };
+    if let Some(path) = target.and_then(|t| t.ws_path.clone()) {
+        client::use_websocket(path);
+    }
     match cmd {
         Cmd::Load {
             t,

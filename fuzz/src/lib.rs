@@ -8,6 +8,7 @@ pub mod connection;
 pub mod router;
 pub mod seeds;
 pub mod store_format;
+pub mod websocket;
 
 use brokk::protocol::{self, DecodeError, Packet, Version};
 use bytes::BytesMut;

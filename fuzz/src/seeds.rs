@@ -367,6 +367,39 @@ pub fn all() -> Vec<(&'static str, String, Vec<u8>)> {
     ));
     out.extend(router_seeds());
     out.extend(crate::store_format::seeds());
+    out.extend(websocket_seeds());
+    out
+}
+
+/// WebSocket seeds: a session's packets as chunks of well-formed frames (whole, fragmented,
+/// with pings, ending in a text frame), and the same frames as raw bytes.
+fn websocket_seeds() -> Vec<(&'static str, String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for version in [Version::V311, Version::V5] {
+        let v = label(version);
+        let mut chunks = Vec::new();
+        for (i, packet) in session(version).into_iter().enumerate() {
+            let packet = &packet[..packet.len().min(255)];
+            // Cycle through whole, ping-then-whole and fragmented.
+            if i % 3 == 1 {
+                chunks.extend([1u8, 2, b'h', b'i']);
+            }
+            chunks.push(if i % 3 == 2 { 2 } else { 0 });
+            chunks.push(packet.len() as u8);
+            chunks.extend_from_slice(packet);
+        }
+        let mut structured = vec![1u8];
+        structured.extend_from_slice(&chunks);
+        out.push(("websocket", format!("{v}-frames"), structured));
+        let mut text = vec![1u8];
+        text.extend_from_slice(&chunks);
+        text.extend([3u8, 0]);
+        out.push(("websocket", format!("{v}-frames-then-text"), text));
+        let (wire, _, _) = crate::websocket::structured(&chunks);
+        let mut raw = vec![0u8];
+        raw.extend_from_slice(&wire);
+        out.push(("websocket", format!("{v}-raw"), raw));
+    }
     out
 }
 
@@ -380,15 +413,15 @@ fn router_seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         bytes
     };
     let deep_subscribe_route = [
-        op(0, 0, 5_000, [0, 0, 0, 0]),     // subscribe a/a/.../a (5,001 levels)
-        op(0, 1, 19_999, [2, 2, 2, 2]),    // subscribe +/+/.../+ (20,000 levels)
-        op(0, 2, 3, [0, 1, 3, 3]),         // subscribe a/b/#/# -> invalid, skipped
-        op(0, 3, 1, [3, 3, 3, 3]),         // subscribe #/# -> invalid; 2 levels of `#`
-        op(2, 0, 5_000, [0, 0, 0, 0]),     // route a/.../a
-        op(3, 0, 9_999, [0, 6, 4, 7]),     // retain a deep topic
-        op(5, 0, 0, [3, 3, 3, 3]),         // retained matching `#`
-        op(4, 0, 9_999, [0, 6, 4, 7]),     // clear it
-        op(1, 0, 5_000, [0, 0, 0, 0]),     // unsubscribe
+        op(0, 0, 5_000, [0, 0, 0, 0]),  // subscribe a/a/.../a (5,001 levels)
+        op(0, 1, 19_999, [2, 2, 2, 2]), // subscribe +/+/.../+ (20,000 levels)
+        op(0, 2, 3, [0, 1, 3, 3]),      // subscribe a/b/#/# -> invalid, skipped
+        op(0, 3, 1, [3, 3, 3, 3]),      // subscribe #/# -> invalid; 2 levels of `#`
+        op(2, 0, 5_000, [0, 0, 0, 0]),  // route a/.../a
+        op(3, 0, 9_999, [0, 6, 4, 7]),  // retain a deep topic
+        op(5, 0, 0, [3, 3, 3, 3]),      // retained matching `#`
+        op(4, 0, 9_999, [0, 6, 4, 7]),  // clear it
+        op(1, 0, 5_000, [0, 0, 0, 0]),  // unsubscribe
     ]
     .concat();
     let dollar = [

@@ -6,12 +6,16 @@ use std::path::{Path, PathBuf};
 
 type Target = fn(&[u8]);
 
-const TARGETS: [(&str, Target); 5] = [
+const TARGETS: [(&str, Target); 6] = [
     ("decode", brokk_fuzz::decode_target),
     ("framing", brokk_fuzz::framing_target),
     ("connection", brokk_fuzz::connection::connection_target),
     ("router", brokk_fuzz::router::router_target),
-    ("store_format", brokk_fuzz::store_format::store_format_target),
+    (
+        "store_format",
+        brokk_fuzz::store_format::store_format_target,
+    ),
+    ("websocket", brokk_fuzz::websocket::websocket_target),
 ];
 
 fn root() -> PathBuf {

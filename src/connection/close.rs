@@ -36,6 +36,7 @@ pub(super) async fn close_unattached<R, W>(
     W: AsyncWrite + Unpin,
 {
     let started = io.started;
+    crate::transport::websocket::note_close(close.reason);
     flush_and_shut(&mut io).await;
     log_close(
         &ctx.broker,
@@ -180,6 +181,7 @@ impl Connection {
             {
                 tracing::error!(client_id = %LogId(&self.client_id), %error, "DISCONNECT not sent");
             }
+            crate::transport::websocket::note_close(reason);
             flush_and_shut(&mut io).await;
         }
         drop(io);

@@ -13,9 +13,12 @@
 //! - The subprotocol: `mqtt` (MQTT-6.0.0-3, -4), or `mqttv3.1` for older 3.1 clients, echoed;
 //!   a request that offers neither is refused with 400; one that offers none is served.
 //! - Pings are answered with pongs (by tungstenite), a close frame is answered and read as the
-//!   end of the stream; the broker's own close sends a close frame (1000, or the code of the
-//!   violation that ended the connection, with a short reason).
+//!   end of the stream; the broker's own close sends a close frame whose reason is the close
+//!   reason's label (the connection notes it with [`note_close`] before it shuts the stream):
+//!   1000, 1001 on shutdown, 1002 / 1003 / 1009 for a violation, 1008 for a refusal or a
+//!   revoke, 1011 for an internal error. A 3.1.1 client, which gets no DISCONNECT, learns why.
 
+use std::cell::Cell;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -35,6 +38,34 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{self, Message};
 
 use crate::close::{CloseReason, InvalidKind};
+
+tokio::task_local! {
+    /// The close reason of the connection the current task serves over WebSocket, noted by the
+    /// connection just before it shuts its stream, read by [`WsStream`]'s shutdown.
+    static CLOSE_NOTE: Cell<Option<CloseReason>>;
+}
+
+/// Runs a WebSocket connection's future with room for its close reason.
+pub async fn with_close_note<F: std::future::Future>(serve: F) -> F::Output {
+    CLOSE_NOTE.scope(Cell::new(None), serve).await
+}
+
+/// Notes why the connection served by this task ends (a no-op on other transports).
+pub fn note_close(reason: CloseReason) {
+    let _ = CLOSE_NOTE.try_with(|note| note.set(Some(reason)));
+}
+
+/// The close frame's code for a close reason.
+fn close_code(reason: CloseReason) -> CloseCode {
+    match reason {
+        CloseReason::ServerShutdown => CloseCode::Away,
+        CloseReason::InternalError => CloseCode::Error,
+        CloseReason::MessageTooLarge => CloseCode::Size,
+        CloseReason::InvalidInboundMessage(_) => CloseCode::Protocol,
+        CloseReason::Aborted | CloseReason::Revoked => CloseCode::Policy,
+        _ => CloseCode::Normal,
+    }
+}
 
 /// The subprotocols brokk speaks, in order of preference.
 const SUBPROTOCOLS: [&str; 2] = ["mqtt", "mqttv3.1"];
@@ -175,13 +206,10 @@ where
             let upgraded = on_upgrade
                 .await
                 .map_err(|e| HandshakeError::Io(e.to_string()))?;
-            let ws = WebSocketStream::from_raw_socket(
-                TokioIo::new(upgraded),
-                Role::Server,
-                Some(config),
-            )
-            .await;
-            Ok((WsStream::new(ws), protocol))
+            Ok((
+                over_upgraded(TokioIo::new(upgraded), config).await,
+                protocol,
+            ))
         }
         (_, Outcome::Refused(refusal)) => Err(HandshakeError::Refused {
             status: refusal.status.as_u16(),
@@ -196,6 +224,15 @@ where
         (Err(error), _) => Err(HandshakeError::Io(error.to_string())),
         (Ok(()), _) => Err(HandshakeError::Closed),
     }
+}
+
+/// The server side of a WebSocket whose upgrade is done, as a byte stream (the fuzz target
+/// drives it over an in-memory pipe).
+pub async fn over_upgraded<S>(stream: S, config: WebSocketConfig) -> WsStream<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    WsStream::new(WebSocketStream::from_raw_socket(stream, Role::Server, Some(config)).await)
 }
 
 #[derive(Default)]
@@ -389,7 +426,11 @@ impl<S> WsStream<S> {
 fn ws_error<S>(stream: &mut WsStream<S>, error: tungstenite::Error) -> Option<io::Error> {
     use tungstenite::Error as E;
     match error {
-        E::ConnectionClosed | E::AlreadyClosed => None,
+        // A socket that ends without a close frame ends the stream as over TCP
+        // (`connection_lost`), not as a protocol violation.
+        E::ConnectionClosed
+        | E::AlreadyClosed
+        | E::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake) => None,
         E::Io(error) => Some(error),
         E::Capacity(error) => Some(stream.violation(Violation::TooLarge(error.to_string()))),
         E::Protocol(error) => Some(stream.violation(Violation::Protocol(error.to_string()))),
@@ -467,7 +508,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsStream<S> {
                 this.close_queued = true;
                 return Poll::Ready(ws_error(this, error).map_or(Ok(()), Err));
             }
-            let (code, reason) = this.close.unwrap_or((CloseCode::Normal, ""));
+            let noted = CLOSE_NOTE.try_with(Cell::get).ok().flatten();
+            let (code, reason) = this.close.unwrap_or_else(|| match noted {
+                Some(reason) => (close_code(reason), reason.label()),
+                None => (CloseCode::Normal, ""),
+            });
             let frame = CloseFrame {
                 code,
                 reason: reason.into(),
