@@ -140,7 +140,20 @@ impl Server {
             .await?;
             let _ = broker.cluster.set(cluster);
         }
-        let admin_addr = start_admin(&broker, admin.as_deref(), &shutdown_rx)?;
+        let bound = acceptors
+            .iter()
+            .filter_map(|(name, socket, transport)| {
+                let addr = socket.local_addr().ok()?;
+                Some(crate::admin::stats::Listener {
+                    name: name.clone(),
+                    addr: addr.to_string(),
+                    port: addr.port(),
+                    tls: transport.tls.is_some(),
+                    websocket_path: transport.websocket.clone(),
+                })
+            })
+            .collect();
+        let admin_addr = start_admin(&broker, admin.as_deref(), bound, &shutdown_rx)?;
         let interval = broker.config.admin.sys_interval;
         if !interval.is_zero() {
             let sys = crate::sys::run(broker.clone(), handle, interval, shutdown_rx.clone());
@@ -249,14 +262,25 @@ impl Server {
 fn start_admin(
     broker: &Arc<Broker>,
     addrs: Option<&[SocketAddr]>,
+    listeners: Vec<crate::admin::stats::Listener>,
     shutdown: &watch::Receiver<bool>,
 ) -> Result<Option<SocketAddr>, StartError> {
     let Some(addrs) = addrs else {
         return Ok(None);
     };
+    let samples = Arc::new(crate::admin::stats::Samples::default());
+    let metrics = crate::metrics::install();
+    tokio::spawn(crate::admin::stats::sample(
+        samples.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
     let state = Arc::new(crate::admin::AdminState {
         broker: broker.clone(),
         token: broker.config.admin.token()?,
+        metrics,
+        samples,
+        listeners,
     });
     let router = crate::admin::router(state);
     let mut first = None;

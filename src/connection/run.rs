@@ -394,48 +394,22 @@ impl Connection {
                 _ = &mut stop, if timers.drain_at.is_none() => {
                     timers.drain_at = Some(Instant::now() + self.broker.config.limits.shutdown_drain);
                 }
-                read = read_some(&mut io.reader, &mut io.rbuf), if io.rbuf.len() <= max && !backlogged => match read {
-                    Ok((0, _)) => return CloseReason::ConnectionLost.into(),
-                    Err(error) => return io_failed("read", &error),
-                    Ok((n, filled)) => {
-                        read_filled = filled;
-                        self.broker.stats.bytes_received.increment(n as u64);
-                        if let Err(close) = self.input(io, max) {
-                            return close;
-                        }
-                        io.shrink_if_quiet(read_filled);
+                read = read_some(&mut io.reader, &mut io.rbuf), if io.rbuf.len() <= max && !backlogged => {
+                    if let Some(close) = self.on_read(read, io, max, &mut read_filled) {
+                        return close;
                     }
-                },
-                written = io.out.write_to(&mut io.writer), if !io.out.is_empty() => match written {
-                    Ok(0) => return Close::detailed(CloseReason::IoException, "write returned 0".to_string()),
-                    Err(error) => return io_failed("write", &error),
-                    Ok(n) => {
-                        io.wrote();
-                        self.broker.stats.bytes_sent.increment(n as u64);
-                        // Progress: the unread-output deadline starts again if still needed.
-                        timers.stall_at = None;
+                }
+                written = io.out.write_to(&mut io.writer), if !io.out.is_empty() => {
+                    if let Some(close) = self.on_written(written, io, &mut timers) {
+                        return close;
                     }
-                },
+                }
                 _ = &mut queued => queued.set(queue.notify().notified()),
-                done = durable_event(&mut self.durable), if self.durable.is_some() => match done {
-                    DurableEvent::Committed(Err(error)) => {
-                        // Not stored: not acknowledged. The client sends it again.
-                        return Close::detailed(CloseReason::InternalError, format!("store: {error}"));
+                done = durable_event(&mut self.durable), if self.durable.is_some() => {
+                    if let Some(close) = self.on_durable(done, io) {
+                        return close;
                     }
-                    DurableEvent::Committed(Ok(())) => {
-                        if let Some(durable) = &mut self.durable {
-                            io.out.append(&mut durable.held);
-                        }
-                    }
-                    DurableEvent::Loaded(loaded) => match loaded {
-                        Ok(loaded) => self.loaded(loaded),
-                        // A stored queue with a hole: never a silent resume.
-                        Err(error) => return Close {
-                            discard: true,
-                            ..Close::detailed(CloseReason::LostMessages, error.to_string())
-                        },
-                    },
-                },
+                }
                 receiver = reload_event(&mut reloaded), if reloaded.is_some() => {
                     if let Some(close) = self.on_reload() {
                         return close;
@@ -448,6 +422,78 @@ impl Connection {
                     }
                 }
             }
+        }
+    }
+
+    /// What one read brought: the end of the stream, an error, or bytes to handle.
+    fn on_read<R, W>(
+        &mut self,
+        read: std::io::Result<(usize, bool)>,
+        io: &mut Io<R, W>,
+        max: usize,
+        read_filled: &mut bool,
+    ) -> Option<Close> {
+        match read {
+            Ok((0, _)) => Some(CloseReason::ConnectionLost.into()),
+            Err(error) => Some(io_failed("read", &error)),
+            Ok((n, filled)) => {
+                *read_filled = filled;
+                self.broker.stats.bytes_received.increment(n as u64);
+                if let Err(close) = self.input(io, max) {
+                    return Some(close);
+                }
+                io.shrink_if_quiet(filled);
+                None
+            }
+        }
+    }
+
+    /// What one write did: progress restarts the unread-output deadline.
+    fn on_written<R, W>(
+        &mut self,
+        written: std::io::Result<usize>,
+        io: &mut Io<R, W>,
+        timers: &mut Timers,
+    ) -> Option<Close> {
+        match written {
+            Ok(0) => Some(Close::detailed(
+                CloseReason::IoException,
+                "write returned 0".to_string(),
+            )),
+            Err(error) => Some(io_failed("write", &error)),
+            Ok(n) => {
+                io.wrote();
+                self.broker.stats.bytes_sent.increment(n as u64);
+                timers.stall_at = None;
+                None
+            }
+        }
+    }
+
+    /// The store answered: a commit (held acknowledgements go out), or a piece of the stored
+    /// queue read back.
+    fn on_durable<R, W>(&mut self, done: DurableEvent, io: &mut Io<R, W>) -> Option<Close> {
+        match done {
+            // Not stored: not acknowledged. The client sends it again.
+            DurableEvent::Committed(Err(error)) => Some(Close::detailed(
+                CloseReason::InternalError,
+                format!("store: {error}"),
+            )),
+            DurableEvent::Committed(Ok(())) => {
+                if let Some(durable) = &mut self.durable {
+                    io.out.append(&mut durable.held);
+                }
+                None
+            }
+            DurableEvent::Loaded(Ok(loaded)) => {
+                self.loaded(loaded);
+                None
+            }
+            // A stored queue with a hole: never a silent resume.
+            DurableEvent::Loaded(Err(error)) => Some(Close {
+                discard: true,
+                ..Close::detailed(CloseReason::LostMessages, error.to_string())
+            }),
         }
     }
 
