@@ -46,6 +46,8 @@ RUN set -eu; \
 
 COPY broker.toml ./
 COPY src ./src
+# The web console's close-reason sentences are compiled in from this file.
+COPY docs/close-reasons.md ./docs/close-reasons.md
 RUN touch src/main.rs src/lib.rs && cargo build --release --locked && \
     ./target/release/brokk --config broker.toml --check-config
 

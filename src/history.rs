@@ -60,6 +60,8 @@ pub struct Closed<'a> {
 pub struct Query<'a> {
     pub client_id: Option<&'a str>,
     pub reason: Option<&'a str>,
+    /// The user the close record names (authenticated, or claimed by a refused CONNECT).
+    pub user: Option<&'a str>,
     pub before: Option<u64>,
     pub limit: usize,
 }
@@ -144,7 +146,12 @@ impl CloseHistory {
             .before
             .map_or(u64::MAX, |b| b)
             .min(ring.first_seq + ring.records.len() as u64);
-        let wanted = |r: &CloseRecord| query.reason.is_none_or(|why| r.reason.label() == why);
+        let wanted = |r: &CloseRecord| {
+            query.reason.is_none_or(|why| r.reason.label() == why)
+                && query
+                    .user
+                    .is_none_or(|user| r.user.as_deref() == Some(user))
+        };
         let mut found = Vec::new();
         match query.client_id {
             Some(client_id) => {

@@ -109,7 +109,20 @@ impl Server {
         let store = open_store(&config.storage).await?;
         let broker = Arc::new(Broker::with_store(config, auth, store.clone()));
         restore(&broker, store).await?;
-        let admin_addr = start_admin(&broker, admin.as_deref(), &shutdown_rx)?;
+        let bound = acceptors
+            .iter()
+            .filter_map(|(name, socket, transport)| {
+                let addr = socket.local_addr().ok()?;
+                Some(crate::admin::stats::Listener {
+                    name: name.clone(),
+                    addr: addr.to_string(),
+                    port: addr.port(),
+                    tls: transport.tls.is_some(),
+                    websocket_path: transport.websocket.clone(),
+                })
+            })
+            .collect();
+        let admin_addr = start_admin(&broker, admin.as_deref(), bound, &shutdown_rx)?;
         let interval = broker.config.admin.sys_interval;
         if !interval.is_zero() {
             let sys = crate::sys::run(broker.clone(), handle, interval, shutdown_rx.clone());
@@ -211,14 +224,25 @@ impl Server {
 fn start_admin(
     broker: &Arc<Broker>,
     addrs: Option<&[SocketAddr]>,
+    listeners: Vec<crate::admin::stats::Listener>,
     shutdown: &watch::Receiver<bool>,
 ) -> Result<Option<SocketAddr>, StartError> {
     let Some(addrs) = addrs else {
         return Ok(None);
     };
+    let samples = Arc::new(crate::admin::stats::Samples::default());
+    let metrics = crate::metrics::install();
+    tokio::spawn(crate::admin::stats::sample(
+        samples.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
     let state = Arc::new(crate::admin::AdminState {
         broker: broker.clone(),
         token: broker.config.admin.token()?,
+        metrics,
+        samples,
+        listeners,
     });
     let router = crate::admin::router(state);
     let mut first = None;
@@ -419,82 +443,95 @@ async fn accept_loop(
             shutdown: shutdown.clone(),
             identity: crate::auth::PeerIdentity::None,
         };
-        let transport = transport.clone();
-        let drain = drain.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            let _drain = drain;
-            serve_socket(ctx, stream, transport).await;
-        });
+        tokio::spawn(serve_socket(
+            ctx,
+            stream,
+            transport.clone(),
+            slot,
+            drain.clone(),
+        ));
     }
 }
 
-async fn serve_socket(
+/// A connection's task: the connection, and the guards that count it open (`slot`) and keep
+/// the shutdown's drain waiting (`drain`) until it ends. A plain function returning an `async`
+/// block: an `async fn` (or an `async` block around one) would keep its arguments twice in the
+/// task, which every idle connection holds.
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+fn serve_socket(
     mut ctx: ConnectionContext,
     mut stream: TcpStream,
     transport: Arc<Transport>,
-) {
-    let started = tokio::time::Instant::now();
-    if transport.proxy_protocol {
-        let timeout = ctx.broker.config.limits.connect_timeout;
-        match Box::pin(tokio::time::timeout(
-            timeout,
-            proxy::read_header(&mut stream),
-        ))
-        .await
-        {
-            Ok(Ok(Some(source))) => ctx.peer = source,
-            Ok(Ok(None)) => {}
-            Ok(Err(error)) => {
-                let reason = match error {
-                    proxy::ProxyError::Closed => CloseReason::ConnectionLost,
-                    proxy::ProxyError::Io(_) => CloseReason::IoException,
-                    _ => CloseReason::InvalidInboundMessage(InvalidKind::Malformed),
-                };
-                return refused(&ctx, reason, &error.to_string(), started);
+    slot: ConnectionSlot,
+    drain: mpsc::Sender<()>,
+) -> impl std::future::Future<Output = ()> + Send {
+    async move {
+        // Captured by the block so that they live as long as the connection.
+        let _ = (&slot, &drain);
+        let started = tokio::time::Instant::now();
+
+        if transport.proxy_protocol {
+            let timeout = ctx.broker.config.limits.connect_timeout;
+            match Box::pin(tokio::time::timeout(
+                timeout,
+                proxy::read_header(&mut stream),
+            ))
+            .await
+            {
+                Ok(Ok(Some(source))) => ctx.peer = source,
+                Ok(Ok(None)) => {}
+                Ok(Err(error)) => {
+                    let reason = match error {
+                        proxy::ProxyError::Closed => CloseReason::ConnectionLost,
+                        proxy::ProxyError::Io(_) => CloseReason::IoException,
+                        _ => CloseReason::InvalidInboundMessage(InvalidKind::Malformed),
+                    };
+                    return refused(&ctx, reason, &error.to_string(), started);
+                }
+                Err(_) => {
+                    let detail = "no PROXY header within connect_timeout";
+                    return refused(&ctx, CloseReason::ClientUnresponsive, detail, started);
+                }
             }
-            Err(_) => {
-                let detail = "no PROXY header within connect_timeout";
-                return refused(&ctx, CloseReason::ClientUnresponsive, detail, started);
+        }
+        match (&transport.tls, &transport.websocket) {
+            (None, None) => {
+                let (reader, writer) = stream.into_split();
+                connection::serve_halves(ctx, reader, writer).await
             }
-        }
-    }
-    match (&transport.tls, &transport.websocket) {
-        (None, None) => {
-            let (reader, writer) = stream.into_split();
-            connection::serve_halves(ctx, reader, writer).await
-        }
-        (None, Some(path)) => {
-            Box::pin(serve_websocket(ctx, stream, path, &transport, started)).await
-        }
-        // Boxed: a TLS session is large, and plain connections should not carry its size.
-        (Some(tls), websocket) => {
-            Box::pin(async {
-                let mut ctx = ctx;
-                let accepted = tls.acceptor.accept(stream);
-                match tokio::time::timeout(tls.handshake_timeout, accepted).await {
-                    Ok(Ok(tls_stream)) => {
-                        if tls.identity_as_username {
-                            ctx.identity = crate::tls::peer_identity(tls_stream.get_ref().1);
-                        }
-                        match websocket {
-                            None => connection::serve(ctx, tls_stream).await,
-                            Some(path) => {
-                                serve_websocket(ctx, tls_stream, path, &transport, started).await
+            (None, Some(path)) => {
+                Box::pin(serve_websocket(ctx, stream, path, &transport, started)).await
+            }
+            // Boxed: a TLS session is large, and plain connections should not carry its size.
+            (Some(tls), websocket) => {
+                Box::pin(async {
+                    let mut ctx = ctx;
+                    let accepted = tls.acceptor.accept(stream);
+                    match tokio::time::timeout(tls.handshake_timeout, accepted).await {
+                        Ok(Ok(tls_stream)) => {
+                            if tls.identity_as_username {
+                                ctx.identity = crate::tls::peer_identity(tls_stream.get_ref().1);
+                            }
+                            match websocket {
+                                None => connection::serve(ctx, tls_stream).await,
+                                Some(path) => {
+                                    serve_websocket(ctx, tls_stream, path, &transport, started)
+                                        .await
+                                }
                             }
                         }
+                        Ok(Err(error)) => {
+                            let detail = crate::tls::handshake_failure(&error);
+                            refused(&ctx, CloseReason::IoException, &detail, started)
+                        }
+                        Err(_) => {
+                            let detail = "TLS handshake timed out";
+                            refused(&ctx, CloseReason::IoException, detail, started)
+                        }
                     }
-                    Ok(Err(error)) => {
-                        let detail = crate::tls::handshake_failure(&error);
-                        refused(&ctx, CloseReason::IoException, &detail, started)
-                    }
-                    Err(_) => {
-                        let detail = "TLS handshake timed out";
-                        refused(&ctx, CloseReason::IoException, detail, started)
-                    }
-                }
-            })
-            .await
+                })
+                .await
+            }
         }
     }
 }

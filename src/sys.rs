@@ -90,12 +90,12 @@ impl Figures {
     }
 
     /// One series, e.g. `brokk_sessions{state="connected"}`; 0 when absent.
-    fn get(&self, series: &str) -> f64 {
+    pub(crate) fn get(&self, series: &str) -> f64 {
         self.series.get(series).copied().unwrap_or(0.0)
     }
 
     /// Every series of metric `name`, whatever the labels, added up.
-    fn sum(&self, name: &str) -> f64 {
+    pub(crate) fn sum(&self, name: &str) -> f64 {
         self.series
             .iter()
             .filter(|(series, _)| {

@@ -1,6 +1,6 @@
 //! The admin API and `brokk ctl` against the binary: the token, listings and details (client
 //! ids with `/`, spaces and non-ASCII characters), kicks, the close history, health, and the
-//! configuration rule for public binds.
+//! configuration rule for public binds; the web console's public pages and its endpoints.
 
 mod common;
 
@@ -85,7 +85,10 @@ async fn every_path_but_health_needs_the_token() {
         ("POST", "/v1/users/alice/restore"),
         ("GET", "/v1/users/revoked"),
         ("GET", "/v1/closes"),
+        ("GET", "/v1/stats"),
+        ("GET", "/v1/listeners"),
         ("GET", "/v1/nothing-here"),
+        ("GET", "/console/nothing-here"),
     ] {
         let (status, head, body) = http_full(b.admin, method, path, None).await;
         assert_eq!(status, 401, "{method} {path}: {body}");
@@ -415,4 +418,105 @@ async fn ctl_says_what_went_wrong_when_nothing_listens() {
         stderr(&out).contains("cannot reach the admin API"),
         "{out:?}"
     );
+}
+
+/// The console's pages are public (they hold no data); what they show comes from `/v1`, which
+/// needs the token: `/v1/stats` counts a connection and its kick, `/v1/listeners` names the
+/// bound port.
+#[tokio::test]
+async fn the_console_pages_are_public_and_its_data_is_not() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).expect("write");
+    let b = Binary::start_in(
+        dir,
+        &format!(
+            "{ADMIN}token_file = {:?}\n[listeners.ws]\nbind = \"127.0.0.1:0\"\n\
+             websocket = {{ path = \"/mqtt\" }}\n",
+            token_file.display().to_string()
+        ),
+    );
+    for (path, content_type) in [
+        ("/", "text/html"),
+        ("/console/app.js", "text/javascript"),
+        ("/console/mqtt.js", "text/javascript"),
+        ("/console/style.css", "text/css"),
+        ("/console/icon.svg", "image/svg+xml"),
+        ("/console/close-reasons.json", "application/json"),
+    ] {
+        let (status, head, body) = http_full(b.admin, "GET", path, None).await;
+        assert_eq!(status, 200, "GET {path} without a token: {body}");
+        let head = head.to_lowercase();
+        assert!(
+            head.contains(&format!("content-type: {content_type}")),
+            "{path}: {head}"
+        );
+        assert!(!body.is_empty(), "{path}");
+        if path == "/" {
+            assert!(body.contains("/console/app.js"), "{body}");
+            assert!(
+                head.contains("content-security-policy: default-src 'self'"),
+                "{head}"
+            );
+        }
+    }
+    let reasons: Value = serde_json::from_str(
+        &http(b.admin, "GET", "/console/close-reasons.json", None)
+            .await
+            .1,
+    )
+    .expect("JSON");
+    let kick = reasons
+        .as_array()
+        .and_then(|all| all.iter().find(|r| r["label"] == "closed_by_controller"))
+        .expect("closed_by_controller explained");
+    assert!(
+        kick["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("administrator")),
+        "{kick}"
+    );
+
+    let t = Some(TOKEN);
+    // The live viewer finds the WebSocket listener here: its real port and path.
+    let listeners = get_json(b.admin, "/v1/listeners", t).await;
+    let named = |name: &str| {
+        listeners["listeners"]
+            .as_array()
+            .and_then(|all| all.iter().find(|l| l["name"] == name).cloned())
+            .unwrap_or_else(|| panic!("no listener {name}: {listeners}"))
+    };
+    let (tcp, ws) = (named("tcp"), named("ws"));
+    assert_eq!(tcp["port"], b.mqtt.port());
+    assert_eq!(tcp["tls"], false);
+    assert!(tcp["websocket_path"].is_null(), "{tcp}");
+    assert_eq!(ws["websocket_path"], "/mqtt", "{ws}");
+    let ws_port = ws["port"].as_u64().expect("port");
+    assert!(ws_port != 0 && ws_port != u64::from(b.mqtt.port()), "{ws}");
+    assert_eq!(ws["addr"], format!("127.0.0.1:{ws_port}"));
+
+    let (_client, connack) = Raw::connect(b.mqtt, persistent("console-1")).await;
+    assert_eq!(connack.reason_code, 0);
+    let deadline = std::time::Instant::now() + WAIT;
+    while get_json(b.admin, "/v1/stats", t).await["sessions_connected"] != 1 {
+        assert!(std::time::Instant::now() < deadline, "never counted");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (status, _) = http(b.admin, "DELETE", "/v1/sessions/console-1", t).await;
+    assert_eq!(status, 204);
+    let stats = get_json(b.admin, "/v1/stats", t).await;
+    assert_eq!(stats["closes"]["closed_by_controller"], 1, "{stats}");
+    assert_eq!(stats["sessions_connected"], 0, "{stats}");
+    let windows = stats["windows"].as_array().expect("windows");
+    assert_eq!(
+        windows
+            .iter()
+            .map(|w| w["minutes"].clone())
+            .collect::<Vec<_>>(),
+        [1, 5, 15]
+    );
+    // The sampler's first sample was taken at start, before the kick.
+    assert_eq!(windows[0]["closes"]["closed_by_controller"], 1, "{stats}");
+    let closes = get_json(b.admin, "/v1/closes?user=nobody", t).await;
+    assert_eq!(closes["closes"], Value::Array(vec![]));
 }

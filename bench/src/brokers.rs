@@ -1,4 +1,5 @@
-//! Starting brokk and Mosquitto side by side on free loopback ports with equivalent settings.
+//! Starting brokk, Mosquitto, rumqttd and NATS (its MQTT support) side by side on free
+//! loopback ports with equivalent settings.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -8,15 +9,51 @@ use std::time::{Duration, Instant};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     Brokk,
+    /// brokk with its durable store, `sync = "always"`: a QoS 1/2 PUBLISH is acknowledged
+    /// once on disk. Runs the QoS 1 and 2 scenario rows only.
+    BrokkDisk,
     Mosquitto,
+    Rumqttd,
+    /// nats-server's MQTT support (JetStream stores QoS 1 sessions; no QoS 2).
+    Nats,
 }
 
 impl Kind {
+    pub const ALL: [Kind; 5] = [
+        Kind::Brokk,
+        Kind::BrokkDisk,
+        Kind::Mosquitto,
+        Kind::Rumqttd,
+        Kind::Nats,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Kind::Brokk => "brokk",
+            Kind::BrokkDisk => "brokk-disk",
             Kind::Mosquitto => "mosquitto",
+            Kind::Rumqttd => "rumqttd",
+            Kind::Nats => "nats",
         }
+    }
+
+    /// Its column in the table.
+    pub fn idx(self) -> usize {
+        Kind::ALL.iter().position(|&k| k == self).unwrap_or(0)
+    }
+
+    /// Whether it runs the scenarios at this QoS.
+    pub fn runs_qos(self, qos: u8) -> bool {
+        match self {
+            Kind::BrokkDisk => qos >= 1,
+            Kind::Nats => qos <= 1,
+            _ => true,
+        }
+    }
+
+    /// Whether it runs the connection rows (idle, storm, takeover) and the system-call counts.
+    pub fn runs_connection_rows(self) -> bool {
+        !matches!(self, Kind::BrokkDisk)
     }
 }
 
@@ -25,6 +62,8 @@ pub struct Settings {
     /// Leave `[storage]` and `[admin]` out of brokk's config (binaries older than both).
     pub brokk_legacy_config: bool,
     pub mosquitto_bin: String,
+    pub rumqttd_bin: String,
+    pub nats_bin: String,
     pub dir: PathBuf,
     /// `taskset -c 0` for the broker.
     pub pinned: bool,
@@ -96,6 +135,80 @@ impl Broker {
                     s.mosquitto_bin.clone(),
                     vec!["-c".to_string(), conf.display().to_string()],
                     s.dir.join("mosquitto.log"),
+                )
+            }
+            Kind::BrokkDisk => {
+                let conf = s.dir.join("brokk-disk.toml");
+                let data = s.dir.join(format!("brokk-disk-data-{port}"));
+                let _ = std::fs::remove_dir_all(&data);
+                write(
+                    &conf,
+                    &format!(
+                        "[listeners.tcp]\nbind = \"127.0.0.1:{port}\"\n\n[metrics]\nenabled = false\n\n\
+                         [storage]\nbackend = \"disk\"\npath = \"{data}\"\nsync = \"always\"\n\n\
+                         [admin]\nenabled = false\n\n\
+                         [limits]\nmax_connections = 1000000\nreceive_maximum = {inf}\nmax_inflight = {inf}\n\
+                         max_queue_depth = {q}\nmax_queue_depth_disconnected = {q}\n",
+                        data = data.display(),
+                        inf = s.inflight,
+                        q = s.queue_depth
+                    ),
+                );
+                (
+                    s.brokk_bin.display().to_string(),
+                    vec!["--config".to_string(), conf.display().to_string()],
+                    s.dir.join("brokk-disk.log"),
+                )
+            }
+            Kind::Rumqttd => {
+                // rumqttd 0.20 (`cargo install rumqttd`): a v4 (MQTT 3.1.1) listener. It waits
+                // `next_connection_delay_ms` after every accept (1 ms in its sample config):
+                // 0 here, or storms would measure that pause.
+                let conf = s.dir.join("rumqttd.toml");
+                write(
+                    &conf,
+                    &format!(
+                        "id = 0\n\n[router]\nid = 0\nmax_connections = 100000\n\
+                         max_outgoing_packet_count = {q}\nmax_segment_size = 104857600\n\
+                         max_segment_count = 10\n\n\
+                         [v4.1]\nname = \"v4-1\"\nlisten = \"127.0.0.1:{port}\"\nnext_connection_delay_ms = 0\n\
+                         [v4.1.connections]\nconnection_timeout_ms = 60000\nmax_payload_size = 1048576\n\
+                         max_inflight_count = {inf}\ndynamic_filters = true\n",
+                        inf = s.inflight,
+                        q = s.queue_depth
+                    ),
+                );
+                (
+                    s.rumqttd_bin.clone(),
+                    vec![
+                        "--quiet".to_string(),
+                        "-c".to_string(),
+                        conf.display().to_string(),
+                    ],
+                    s.dir.join("rumqttd.log"),
+                )
+            }
+            Kind::Nats => {
+                // nats-server's MQTT support needs JetStream and a server name; QoS 1
+                // subscriptions are JetStream consumers, `max_ack_pending` their in-flight window.
+                let conf = s.dir.join("nats.conf");
+                let store = s.dir.join(format!("nats-store-{port}"));
+                let _ = std::fs::remove_dir_all(&store);
+                write(
+                    &conf,
+                    &format!(
+                        "server_name: bench\nlisten: 127.0.0.1:{nats_port}\nmax_connections: 1000000\n\
+                         jetstream {{\n  store_dir: \"{store}\"\n}}\n\
+                         mqtt {{\n  listen: 127.0.0.1:{port}\n  max_ack_pending: {inf}\n}}\n",
+                        nats_port = free_port(),
+                        store = store.display(),
+                        inf = s.inflight,
+                    ),
+                );
+                (
+                    s.nats_bin.clone(),
+                    vec!["-c".to_string(), conf.display().to_string()],
+                    s.dir.join("nats.log"),
                 )
             }
         };

@@ -156,9 +156,14 @@ pub async fn open(addr: SocketAddr) -> Res<Stream> {
     Ok(Stream::Ws(Box::new(WsStream::new(ws))))
 }
 
+/// Keep-alive of every generator connection: an hour, longer than any run (nothing sends
+/// PINGREQ), and not 0, which rumqttd refuses (`ZeroKeepAlive`).
+const KEEP_ALIVE_SECS: u16 = 3600;
+
 pub fn connect_packet(client_id: &str, clean: bool) -> Connect {
     Connect {
         clean_start: clean,
+        keep_alive: KEEP_ALIVE_SECS,
         ..Connect::new(Version::V311, client_id)
     }
 }

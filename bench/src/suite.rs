@@ -1,5 +1,6 @@
-//! `brokk-bench suite`: every scenario against brokk and Mosquitto, interleaved, for several
-//! rounds; one table of medians with the ratio brokk / Mosquitto.
+//! `brokk-bench suite`: every scenario against brokk (in memory, and with its durable store for
+//! the QoS 1/2 rows), Mosquitto, rumqttd and NATS, interleaved, for several rounds; one table of
+//! medians with the ratio brokk / Mosquitto. Any message lost fails the run.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -28,9 +29,15 @@ pub struct SuiteOpts {
     pub brokk_legacy_config: bool,
     #[arg(long, default_value = "mosquitto")]
     pub mosquitto_bin: String,
-    /// Only this broker (brokk or mosquitto).
-    #[arg(long)]
-    pub only: Option<String>,
+    /// rumqttd (`cargo install rumqttd`); skipped, with a note, if it cannot be started.
+    #[arg(long, default_value = "rumqttd")]
+    pub rumqttd_bin: String,
+    /// nats-server (Debian `nats-server`); skipped, with a note, if it cannot be started.
+    #[arg(long, default_value = "nats-server")]
+    pub nats_bin: String,
+    /// Only these brokers (brokk, brokk-disk, mosquitto, rumqttd, nats; comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
     /// Working directory for configs and broker logs.
     #[arg(long, default_value = "target/bench-run")]
     pub dir: PathBuf,
@@ -102,15 +109,16 @@ pub struct Record {
 
 struct Table {
     rows: Vec<Row>,
-    vals: HashMap<String, [Vec<f64>; 2]>,
+    vals: HashMap<String, [Vec<f64>; Kind::ALL.len()]>,
     records: Vec<Record>,
+    /// The brokers that ran, in column order.
+    columns: Vec<Kind>,
+    /// Every run that lost messages: the run fails.
+    losses: Vec<String>,
 }
 
 fn idx(k: Kind) -> usize {
-    match k {
-        Kind::Brokk => 0,
-        Kind::Mosquitto => 1,
-    }
+    k.idx()
 }
 
 impl Table {
@@ -135,23 +143,29 @@ impl Table {
     }
 
     fn render(&self) -> String {
-        let mut out = String::new();
-        out.push_str("| figure | brokk | mosquitto | brokk / mosquitto |\n|---|---:|---:|---:|\n");
+        let mut out = String::from("| figure |");
+        for k in &self.columns {
+            out.push_str(&format!(" {} |", k.name()));
+        }
+        out.push_str(" brokk / mosquitto |\n|---|");
+        for _ in &self.columns {
+            out.push_str("---:|");
+        }
+        out.push_str("---:|\n");
         for r in &self.rows {
             let v = &self.vals[&r.key];
-            let b = median(&v[0]);
-            let m = median(&v[1]);
+            let b = median(&v[Kind::Brokk.idx()]);
+            let m = median(&v[Kind::Mosquitto.idx()]);
             let ratio = match (b, m) {
                 (Some(b), Some(m)) if m != 0.0 => format!("{:.2}", b / m),
                 _ => "–".to_string(),
             };
             let mark = if r.higher_better { "↑" } else { "↓" };
-            out.push_str(&format!(
-                "| {} {mark} | {} | {} | {ratio} |\n",
-                r.key,
-                fmt(b),
-                fmt(m)
-            ));
+            out.push_str(&format!("| {} {mark} |", r.key));
+            for k in &self.columns {
+                out.push_str(&format!(" {} |", fmt(median(&v[k.idx()]))));
+            }
+            out.push_str(&format!(" {ratio} |\n"));
         }
         out
     }
@@ -190,23 +204,39 @@ fn rate_label(r: f64) -> String {
 
 pub async fn run(o: SuiteOpts) -> i32 {
     let started = Instant::now();
-    let mut kinds = vec![Kind::Brokk, Kind::Mosquitto];
-    if let Some(only) = &o.only {
-        kinds.retain(|k| k.name() == only);
-    }
     let settings = Settings {
         brokk_bin: o.brokk_bin.clone(),
         brokk_legacy_config: o.brokk_legacy_config,
         mosquitto_bin: o.mosquitto_bin.clone(),
+        rumqttd_bin: o.rumqttd_bin.clone(),
+        nats_bin: o.nats_bin.clone(),
         dir: o.dir.clone(),
         pinned: o.pinned,
         queue_depth: o.queue_depth,
         inflight: o.inflight,
     };
+    let mut kinds: Vec<Kind> = Kind::ALL.to_vec();
+    if !o.only.is_empty() {
+        kinds.retain(|k| o.only.iter().any(|n| n == k.name()));
+    }
+    // A peer that cannot be started is left out with the reason; brokk and Mosquitto must run.
+    kinds.retain(|&k| match Broker::start(k, &settings) {
+        Ok(mut b) => {
+            b.stop();
+            true
+        }
+        Err(e) if matches!(k, Kind::Rumqttd | Kind::Nats) => {
+            eprintln!("{} left out: {e}", k.name());
+            false
+        }
+        Err(_) => true,
+    });
     let mut t = Table {
         rows: Vec::new(),
         vals: HashMap::new(),
         records: Vec::new(),
+        columns: kinds.clone(),
+        losses: Vec::new(),
     };
     let mut loads_seen = Vec::new();
     let mut best_rates: HashMap<String, f64> = HashMap::new();
@@ -242,7 +272,7 @@ pub async fn run(o: SuiteOpts) -> i32 {
             }
         }
         // Idle connections first, on fresh processes (freed memory would hide growth).
-        for b in &brokers {
+        for b in brokers.iter().filter(|b| b.kind.runs_connection_rows()) {
             eprintln!("  {} idle x{}", b.kind.name(), o.idle);
             match conns::idle(b.addr, o.idle, Some(b.pid), Duration::from_secs(1)).await {
                 Ok(r) => {
@@ -260,7 +290,7 @@ pub async fn run(o: SuiteOpts) -> i32 {
                 Err(e) => eprintln!("    idle failed: {e}"),
             }
         }
-        for b in &brokers {
+        for b in brokers.iter().filter(|b| b.kind.runs_connection_rows()) {
             eprintln!("  {} connection storm x{}", b.kind.name(), o.storm);
             let r = conns::storm(b.addr, o.storm, o.storm_concurrency, Some(b.pid)).await;
             eprintln!(
@@ -279,7 +309,7 @@ pub async fn run(o: SuiteOpts) -> i32 {
             );
             t.record(round, b.kind, "storm", &r);
         }
-        for b in &brokers {
+        for b in brokers.iter().filter(|b| b.kind.runs_connection_rows()) {
             eprintln!(
                 "  {} takeover storm {}x{}",
                 b.kind.name(),
@@ -320,7 +350,7 @@ pub async fn run(o: SuiteOpts) -> i32 {
         }
         for &(scenario, clients) in &scenarios {
             for &q in &o.qos {
-                for b in brokers.iter_mut() {
+                for b in brokers.iter_mut().filter(|b| b.kind.runs_qos(q)) {
                     let name = format!("{}×{} q{}", scenario.label(), clients, q);
                     eprintln!("  {} {name}", b.kind.name());
                     let spec = LoadSpec {
@@ -358,6 +388,15 @@ pub async fn run(o: SuiteOpts) -> i32 {
                         t.put(&format!("{key}: p99 (µs)"), false, b.kind, r.p99_us);
                         t.put(&format!("{key}: p999 (µs)"), false, b.kind, r.p999_us);
                         t.put(&format!("{key}: lost"), false, b.kind, r.lost as f64);
+                        if r.lost > 0 {
+                            t.losses.push(format!(
+                                "{} {key}: {} of {} lost (round {})",
+                                b.kind.name(),
+                                r.lost,
+                                r.sent,
+                                round + 1
+                            ));
+                        }
                         t.record(round, b.kind, &key, &r);
                         if !load.healthy() {
                             let _ = load.rebuild().await;
@@ -439,7 +478,7 @@ pub async fn run(o: SuiteOpts) -> i32 {
             "== system-call counts at {} (QoS 0, 64 B)",
             rate_label(o.syscall_rate)
         );
-        for &k in &kinds {
+        for &k in kinds.iter().filter(|k| k.runs_connection_rows()) {
             let Ok(b) = Broker::start(k, &settings) else {
                 continue;
             };
@@ -535,6 +574,13 @@ pub async fn run(o: SuiteOpts) -> i32 {
         if let Err(e) = std::fs::write(path, serde_json::to_string_pretty(&v).unwrap()) {
             eprintln!("cannot write {}: {e}", path.display());
         }
+    }
+    if !t.losses.is_empty() {
+        println!("\nFAILED: messages were lost:");
+        for loss in &t.losses {
+            println!("- {loss}");
+        }
+        return 1;
     }
     0
 }

@@ -22,12 +22,13 @@ const MAX_LIMIT: usize = 10_000;
 pub struct ClosesQuery {
     client_id: Option<String>,
     reason: Option<String>,
+    user: Option<String>,
     limit: Option<String>,
     before: Option<String>,
 }
 
-/// `GET /v1/closes?client_id=&reason=&limit=&before=`: the latest closes (of one client id,
-/// of one reason), at most `limit`, older than `before` (a `seq`). A query by client id reads
+/// `GET /v1/closes?client_id=&reason=&user=&limit=&before=`: the latest closes (of one client
+/// id, of one reason, of one user), at most `limit`, older than `before` (a `seq`). A query by client id reads
 /// that client's records only, through the history's index.
 pub async fn list(
     State(state): State<Arc<AdminState>>,
@@ -50,9 +51,11 @@ pub async fn list(
         })?),
     };
     let client_id = given(query.client_id);
+    let user = given(query.user);
     let mut found = state.broker.closes.query(&history::Query {
         client_id: client_id.as_deref(),
         reason: reason.as_deref(),
+        user: user.as_deref(),
         before,
         limit: limit + 1,
     });

@@ -11,14 +11,19 @@
 //! | `DELETE /v1/sessions/{client_id}[?keep_session=true]` | kick: 204, or 404 |
 //! | `POST /v1/users/{user}/revoke`, `.../restore` | 204 |
 //! | `GET /v1/users/revoked` | the revoked users |
-//! | `GET /v1/closes?client_id=&reason=&limit=&before=` | the latest closes, newest first |
+//! | `GET /v1/closes?client_id=&reason=&user=&limit=&before=` | the latest closes, newest first |
+//! | `GET /v1/stats` | the overview's figures: totals, and windows of the last 1, 5, 15 minutes |
+//! | `GET /v1/listeners` | the MQTT listeners: name, bound address, TLS, WebSocket path |
+//! | `GET /`, `/console/...` | the web console's static pages ([`console`]), no token |
 //!
 //! Errors are `{"error": "..."}` with 400, 401, 404, 405 or 500.
 
 mod closes;
+pub mod console;
 pub mod json;
 mod serve;
 mod sessions;
+pub mod stats;
 mod token;
 mod users;
 
@@ -28,6 +33,7 @@ use axum::Router;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::broker::Broker;
 
@@ -38,10 +44,16 @@ pub struct AdminState {
     pub broker: Arc<Broker>,
     /// `None`: no token configured (loopback binds only).
     pub token: Option<String>,
+    /// The metrics `/v1/stats` reads (the recorder `/metrics` serves).
+    pub metrics: PrometheusHandle,
+    /// Filled by [`stats::sample`].
+    pub samples: Arc<stats::Samples>,
+    /// The MQTT listeners, as bound.
+    pub listeners: Vec<stats::Listener>,
 }
 
-/// The API's routes; everything but `/v1/health` (unknown paths included, so they reveal
-/// nothing) needs the token.
+/// The API's routes; everything but `/v1/health` and the console's static pages (unknown
+/// paths included, so they reveal nothing) needs the token.
 pub fn router(state: Arc<AdminState>) -> Router {
     let api = Router::new()
         .route("/v1/sessions", get(sessions::list))
@@ -53,6 +65,8 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/v1/users/{user}/revoke", post(users::revoke))
         .route("/v1/users/{user}/restore", post(users::restore))
         .route("/v1/closes", get(closes::list))
+        .route("/v1/stats", get(stats::stats))
+        .route("/v1/listeners", get(stats::listeners))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
@@ -60,7 +74,16 @@ pub fn router(state: Arc<AdminState>) -> Router {
             token::require,
         ))
         .with_state(state);
-    Router::new().route("/v1/health", get(health)).merge(api)
+    let mut public = Router::new()
+        .route("/v1/health", get(health))
+        .route("/console/close-reasons.json", get(console::close_reasons));
+    for (path, content_type, body) in console::ASSETS {
+        public = public.route(
+            path,
+            get(move || async move { console::asset(content_type, body) }),
+        );
+    }
+    public.merge(api)
 }
 
 async fn health() -> axum::Json<json::Health> {

@@ -95,67 +95,82 @@ impl From<CloseReason> for Close {
 }
 
 /// Serves one MQTT connection to its end (any stream: TLS, WebSocket, an in-memory duplex).
-pub async fn serve<S>(ctx: ConnectionContext, stream: S)
+/// Not an `async fn`, for the reason given at [`serve_halves`].
+pub fn serve<S>(ctx: ConnectionContext, stream: S) -> impl std::future::Future<Output = ()>
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (reader, writer) = tokio::io::split(stream);
-    serve_halves(ctx, reader, writer).await
+    serve_halves(ctx, reader, writer)
 }
 
 /// Serves one MQTT connection given its two halves. A plain TCP stream comes here split by
 /// `into_split`, which, unlike `tokio::io::split`, takes no lock on every read and write.
-pub async fn serve_halves<R, W>(ctx: ConnectionContext, reader: R, writer: W)
+///
+/// A plain function returning an `async` block rather than an `async fn`: an `async fn` keeps
+/// its arguments twice in its state (as arguments and as the locals they are moved into), and
+/// this state is what every idle connection's task holds.
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+pub fn serve_halves<R, W>(
+    ctx: ConnectionContext,
+    reader: R,
+    writer: W,
+) -> impl std::future::Future<Output = ()>
 where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let mut io = Io::new(reader, writer);
-    let broker = ctx.broker.clone();
-    let timeout = broker.config.limits.connect_timeout;
-    let max = broker.config.limits.max_packet_size as usize;
-    let mut shutdown = ctx.shutdown.clone();
+    async move {
+        let mut io = Io::new(reader, writer);
+        let timeout = ctx.broker.config.limits.connect_timeout;
+        let max = ctx.broker.config.limits.max_packet_size as usize;
 
-    let connect = tokio::select! {
-        // Boxed, like every phase but the long one: an idle connection keeps only the main
-        // loop's state in its task, not the largest of all its phases.
-        result = Box::pin(tokio::time::timeout(timeout, io.read_connect(&broker.stats, max))) => match result {
-            Ok(Ok(connect)) => connect,
-            Ok(Err(close)) => return Box::pin(close::close_unattached(io, &ctx, None, None, close)).await,
-            Err(_) => {
-                let close = Close::detailed(CloseReason::ClientUnresponsive, "no CONNECT within connect_timeout".to_string());
-                return Box::pin(close::close_unattached(io, &ctx, None, None, close)).await;
+        let connect = {
+            let mut shutdown = ctx.shutdown.clone();
+            tokio::select! {
+                // Boxed, like every phase but the long one: an idle connection keeps only the
+                // main loop's state in its task, not the largest of all its phases.
+                result = Box::pin(tokio::time::timeout(timeout, io.read_connect(&ctx.broker.stats, max))) => match result {
+                    Ok(Ok(connect)) => connect,
+                    Ok(Err(close)) => return Box::pin(close::close_unattached(io, &ctx, None, None, close)).await,
+                    Err(_) => {
+                        let close = Close::detailed(CloseReason::ClientUnresponsive, "no CONNECT within connect_timeout".to_string());
+                        return Box::pin(close::close_unattached(io, &ctx, None, None, close)).await;
+                    }
+                },
+                _ = crate::server::stopped(&mut shutdown) => {
+                    return Box::pin(close::close_unattached(io, &ctx, None, None, CloseReason::ServerShutdown.into())).await;
+                }
             }
-        },
-        _ = crate::server::stopped(&mut shutdown) => {
-            return Box::pin(close::close_unattached(io, &ctx, None, None, CloseReason::ServerShutdown.into())).await;
-        }
-    };
+        };
 
-    match Box::pin(connect::accept(&ctx, connect, &mut io)).await {
-        Ok(mut conn) => {
-            let mut close = conn.run(&mut io).await;
-            if close.timed_out {
-                let liveness = crate::liveness::Liveness::for_listener(
-                    &broker.config.limits,
-                    broker.config.listeners.get(&*ctx.listener),
-                );
-                let now = Instant::now();
-                close.detail = Some(liveness.explain_timeout(
-                    now.saturating_duration_since(conn.last_inbound),
-                    io.since_last_write(),
-                    !io.out.is_empty(),
-                ));
+        // Bound in the `let`, not matched across the main loop: the accept's result would
+        // otherwise keep a second copy of the connection in the task for its whole life.
+        let mut conn = match Box::pin(connect::accept(&ctx, connect, &mut io)).await {
+            Ok(conn) => conn,
+            Err(refused) => {
+                crate::metrics::count_refused_connect_as(refused.version.label(), refused.metric);
+                let close = Close::detailed(CloseReason::Aborted, refused.why);
+                let client_id = refused.client_id.as_deref();
+                let user = refused.user.as_deref();
+                return Box::pin(close::close_unattached(io, &ctx, client_id, user, close)).await;
             }
-            Box::pin(conn.finish(io, close)).await;
+        };
+        let mut close = conn.run(&mut io).await;
+        if close.timed_out {
+            let broker = &ctx.broker;
+            let liveness = crate::liveness::Liveness::for_listener(
+                &broker.config.limits,
+                broker.config.listeners.get(&*ctx.listener),
+            );
+            let now = Instant::now();
+            close.detail = Some(liveness.explain_timeout(
+                now.saturating_duration_since(conn.last_inbound),
+                io.since_last_write(),
+                !io.out.is_empty(),
+            ));
         }
-        Err(refused) => {
-            crate::metrics::count_refused_connect_as(refused.version.label(), refused.metric);
-            let close = Close::detailed(CloseReason::Aborted, refused.why);
-            let client_id = refused.client_id.as_deref();
-            let user = refused.user.as_deref();
-            Box::pin(close::close_unattached(io, &ctx, client_id, user, close)).await;
-        }
+        Box::pin(conn.finish(io, close)).await;
     }
 }
 

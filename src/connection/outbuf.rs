@@ -18,6 +18,10 @@ const INLINE_PAYLOAD_MAX: usize = 2048;
 /// A buffer emptied by a write keeps its allocation only up to this capacity: a connection
 /// that went quiet after a burst does not hold the burst's memory.
 const KEEP_CAPACITY: usize = 16 * 1024;
+/// A write of at most this many bytes that empties the buffer lets its allocation go too: a
+/// connection that writes little (an idle one after its CONNACK, a low-rate one) holds no
+/// write buffer between writes, while a busy one keeps reusing its buffer.
+const SMALL_WRITE: usize = 1024;
 /// At most this many pieces per vectored write (well under IOV_MAX).
 const MAX_IOVECS: usize = 64;
 
@@ -118,6 +122,7 @@ impl OutBuf {
     }
 
     fn advance(&mut self, mut n: usize) {
+        let small = n <= SMALL_WRITE;
         while n > 0 {
             let Some(front) = self.chunks.front_mut() else {
                 break;
@@ -132,8 +137,11 @@ impl OutBuf {
             self.chunks.pop_front();
         }
         self.tail.advance(n.min(self.tail.len()));
-        if self.tail.is_empty() && self.tail.capacity() > KEEP_CAPACITY {
+        if self.tail.is_empty() && (small || self.tail.capacity() > KEEP_CAPACITY) {
             self.tail = BytesMut::new();
+        }
+        if small && self.chunks.is_empty() && self.chunks.capacity() > 0 {
+            self.chunks = VecDeque::new();
         }
     }
 }
@@ -192,6 +200,19 @@ mod tests {
         expected.extend(vec![b'c'; 5000]);
         expected.extend_from_slice(b"de");
         assert_eq!(sink, expected);
+    }
+
+    #[test]
+    fn a_small_write_that_empties_the_buffer_releases_it() {
+        let mut out = OutBuf::new();
+        out.buf().extend_from_slice(&[0x20, 2, 0, 0]);
+        out.advance(4);
+        assert!(out.is_empty());
+        assert!(!out.tail.try_reclaim(1), "nothing kept between writes");
+        // A large write keeps its buffer for the next burst.
+        out.buf().extend_from_slice(&[0u8; 8192]);
+        out.advance(8192);
+        assert!(out.tail.try_reclaim(8192));
     }
 
     #[test]

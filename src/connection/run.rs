@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -20,7 +20,7 @@ use crate::sessions::{Control, Lease};
 
 use super::authz::{ConnAuth, next_reload};
 use super::connect::{Negotiated, keep_alive_deadline};
-use super::io::{Io, READ_BURST};
+use super::io::{Io, READ_BURST, read_some};
 use super::outbound::WRITE_HIGH_WATER;
 use super::outbuf::OutBuf;
 use super::{Close, ConnectionContext};
@@ -343,6 +343,7 @@ impl Connection {
         {
             return close;
         }
+        io.shrink_if_quiet(false);
         let mut timers = Timers::default();
         // One timer for every deadline, re-armed only when the earliest one moves.
         let mut armed = self.next_wake(&timers);
@@ -351,12 +352,17 @@ impl Connection {
         tokio::pin!(wake);
         let mut shutdown = self.shutdown.clone();
         let mut read_filled = false;
-        // One long-lived wait on the queue, re-armed after each wake-up, rather than a new one
-        // per pass of the loop.
+        // One long-lived wait each on the queue, the mailbox and shutdown, re-armed after a
+        // wake-up, rather than new ones per pass of the loop: a pass costs no registering and
+        // unregistering of waiters (each a lock).
         let queue = self.lease.queue().clone();
         let mailbox = self.lease.mailbox().clone();
         let queued = queue.notify().notified();
         tokio::pin!(queued);
+        let controls = mailbox.notify().notified();
+        tokio::pin!(controls);
+        let stop = crate::server::stopped(&mut shutdown);
+        tokio::pin!(stop);
         // Likewise one long-lived wait for reloads of `[auth]`, only when there is anything to
         // reload, and boxed: its state need not sit in every connection's task.
         let mut reloaded = self.auth.reloads.take().map(|r| Box::pin(next_reload(r)));
@@ -370,63 +376,40 @@ impl Connection {
                 armed = next;
                 wake.as_mut().reset(armed.unwrap_or(far));
             }
-            // Read buffer sizing: small while the client is quiet (idle connections are most
-            // connections), large once a read fills it (a busy publisher: fewer syscalls), and
-            // exact for a packet larger than the buffer.
-            io.reserve_for_frame(if read_filled { READ_BURST } else { 512 });
-            let spare = io.rbuf.capacity() - io.rbuf.len();
+            // Read buffer: none while the client is quiet (idle connections are most
+            // connections: reads go through the thread's scratch buffer), a large one once a
+            // read fills its room (a busy publisher: fewer syscalls), and exact for a packet
+            // larger than the buffer.
+            io.reserve_for_frame(if read_filled { READ_BURST } else { 0 });
             tokio::select! {
-                control = mailbox.recv() => {
-                    // Boxed: rare, and its state would otherwise sit in every idle connection.
-                    if let Some(close) = Box::pin(self.on_control(control, io, max)).await {
+                _ = &mut controls => {
+                    controls.set(mailbox.notify().notified());
+                    while let Some(control) = mailbox.try_recv() {
+                        // Boxed: rare, and its state would otherwise sit in every idle connection.
+                        if let Some(close) = Box::pin(self.on_control(control, io, max)).await {
+                            return close;
+                        }
+                    }
+                }
+                _ = &mut stop, if timers.drain_at.is_none() => {
+                    timers.drain_at = Some(Instant::now() + self.broker.config.limits.shutdown_drain);
+                }
+                read = read_some(&mut io.reader, &mut io.rbuf), if io.rbuf.len() <= max && !backlogged => {
+                    if let Some(close) = self.on_read(read, io, max, &mut read_filled) {
                         return close;
                     }
                 }
-                _ = crate::server::stopped(&mut shutdown), if timers.drain_at.is_none() => {
-                    timers.drain_at = Some(Instant::now() + self.broker.config.limits.shutdown_drain);
+                written = io.out.write_to(&mut io.writer), if !io.out.is_empty() => {
+                    if let Some(close) = self.on_written(written, io, &mut timers) {
+                        return close;
+                    }
                 }
-                read = io.reader.read_buf(&mut io.rbuf), if io.rbuf.len() <= max && !backlogged => match read {
-                    Ok(0) => return CloseReason::ConnectionLost.into(),
-                    Err(error) => return io_failed("read", &error),
-                    Ok(n) => {
-                        read_filled = n >= spare;
-                        self.broker.stats.bytes_received.increment(n as u64);
-                        if let Err(close) = self.input(io, max) {
-                            return close;
-                        }
-                        io.shrink_if_quiet(read_filled);
-                    }
-                },
-                written = io.out.write_to(&mut io.writer), if !io.out.is_empty() => match written {
-                    Ok(0) => return Close::detailed(CloseReason::IoException, "write returned 0".to_string()),
-                    Err(error) => return io_failed("write", &error),
-                    Ok(n) => {
-                        io.wrote();
-                        self.broker.stats.bytes_sent.increment(n as u64);
-                        // Progress: the unread-output deadline starts again if still needed.
-                        timers.stall_at = None;
-                    }
-                },
                 _ = &mut queued => queued.set(queue.notify().notified()),
-                done = durable_event(&mut self.durable), if self.durable.is_some() => match done {
-                    DurableEvent::Committed(Err(error)) => {
-                        // Not stored: not acknowledged. The client sends it again.
-                        return Close::detailed(CloseReason::InternalError, format!("store: {error}"));
+                done = durable_event(&mut self.durable), if self.durable.is_some() => {
+                    if let Some(close) = self.on_durable(done, io) {
+                        return close;
                     }
-                    DurableEvent::Committed(Ok(())) => {
-                        if let Some(durable) = &mut self.durable {
-                            io.out.append(&mut durable.held);
-                        }
-                    }
-                    DurableEvent::Loaded(loaded) => match loaded {
-                        Ok(loaded) => self.loaded(loaded),
-                        // A stored queue with a hole: never a silent resume.
-                        Err(error) => return Close {
-                            discard: true,
-                            ..Close::detailed(CloseReason::LostMessages, error.to_string())
-                        },
-                    },
-                },
+                }
                 receiver = reload_event(&mut reloaded), if reloaded.is_some() => {
                     if let Some(close) = self.on_reload() {
                         return close;
@@ -439,6 +422,78 @@ impl Connection {
                     }
                 }
             }
+        }
+    }
+
+    /// What one read brought: the end of the stream, an error, or bytes to handle.
+    fn on_read<R, W>(
+        &mut self,
+        read: std::io::Result<(usize, bool)>,
+        io: &mut Io<R, W>,
+        max: usize,
+        read_filled: &mut bool,
+    ) -> Option<Close> {
+        match read {
+            Ok((0, _)) => Some(CloseReason::ConnectionLost.into()),
+            Err(error) => Some(io_failed("read", &error)),
+            Ok((n, filled)) => {
+                *read_filled = filled;
+                self.broker.stats.bytes_received.increment(n as u64);
+                if let Err(close) = self.input(io, max) {
+                    return Some(close);
+                }
+                io.shrink_if_quiet(filled);
+                None
+            }
+        }
+    }
+
+    /// What one write did: progress restarts the unread-output deadline.
+    fn on_written<R, W>(
+        &mut self,
+        written: std::io::Result<usize>,
+        io: &mut Io<R, W>,
+        timers: &mut Timers,
+    ) -> Option<Close> {
+        match written {
+            Ok(0) => Some(Close::detailed(
+                CloseReason::IoException,
+                "write returned 0".to_string(),
+            )),
+            Err(error) => Some(io_failed("write", &error)),
+            Ok(n) => {
+                io.wrote();
+                self.broker.stats.bytes_sent.increment(n as u64);
+                timers.stall_at = None;
+                None
+            }
+        }
+    }
+
+    /// The store answered: a commit (held acknowledgements go out), or a piece of the stored
+    /// queue read back.
+    fn on_durable<R, W>(&mut self, done: DurableEvent, io: &mut Io<R, W>) -> Option<Close> {
+        match done {
+            // Not stored: not acknowledged. The client sends it again.
+            DurableEvent::Committed(Err(error)) => Some(Close::detailed(
+                CloseReason::InternalError,
+                format!("store: {error}"),
+            )),
+            DurableEvent::Committed(Ok(())) => {
+                if let Some(durable) = &mut self.durable {
+                    io.out.append(&mut durable.held);
+                }
+                None
+            }
+            DurableEvent::Loaded(Ok(loaded)) => {
+                self.loaded(loaded);
+                None
+            }
+            // A stored queue with a hole: never a silent resume.
+            DurableEvent::Loaded(Err(error)) => Some(Close {
+                discard: true,
+                ..Close::detailed(CloseReason::LostMessages, error.to_string())
+            }),
         }
     }
 
@@ -459,9 +514,10 @@ impl Connection {
                 // Input that reached the socket before the takeover still counts: a client
                 // that sent DISCONNECT and reconnected at once ends its session on its own
                 // terms (a clean session is not handed over).
-                io.reserve_for_frame(512);
-                if let Ok(Ok(n)) =
-                    tokio::time::timeout(Duration::ZERO, io.reader.read_buf(&mut io.rbuf)).await
+                io.reserve_for_frame(0);
+                if let Ok(Ok((n, _))) =
+                    tokio::time::timeout(Duration::ZERO, read_some(&mut io.reader, &mut io.rbuf))
+                        .await
                     && n > 0
                     && let Err(close) = self.input(io, max)
                 {

@@ -129,3 +129,26 @@ fn a_query_by_client_id_does_not_scan_the_ring() {
     // 1,000 scans of 100,000 records would take seconds even optimised.
     assert!(started.elapsed() < std::time::Duration::from_millis(500));
 }
+
+#[test]
+fn closes_filter_by_user() {
+    let history = CloseHistory::new(10);
+    history.record(closed(Some("a"), CloseReason::Revoked));
+    let mut bob = closed(Some("b"), CloseReason::Revoked);
+    bob.user = Some("bob");
+    history.record(bob);
+    let found = history.query(&Query {
+        user: Some("bob"),
+        limit: 10,
+        ..Query::default()
+    });
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].client_id.as_deref(), Some("b"));
+    let alice = history.query(&Query {
+        user: Some("alice"),
+        reason: Some("revoked"),
+        limit: 10,
+        ..Query::default()
+    });
+    assert_eq!(alice.len(), 1);
+}

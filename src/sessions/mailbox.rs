@@ -70,6 +70,18 @@ impl Mailbox {
         true
     }
 
+    /// The next control message, if one is waiting.
+    pub fn try_recv(&self) -> Option<Control> {
+        self.lock().queue.pop_front()
+    }
+
+    /// Notified after every [`Mailbox::send`]: a connection keeps one long-lived wait on it
+    /// and takes what arrived with [`Mailbox::try_recv`] (a permit is stored when nobody
+    /// waits, so a send between a `try_recv` and the next wait is not missed).
+    pub fn notify(&self) -> &Notify {
+        &self.notify
+    }
+
     /// The next control message, waiting for one.
     pub async fn recv(&self) -> Control {
         loop {
