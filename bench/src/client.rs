@@ -149,7 +149,10 @@ pub async fn open(addr: SocketAddr) -> Res<Stream> {
     request
         .headers_mut()
         .insert("Sec-WebSocket-Protocol", "mqtt".parse()?);
-    let (ws, _) = tokio_tungstenite::client_async(request, stream).await?;
+    // Each write goes out as it is made (the generator never flushes), as on the broker side.
+    let config = brokk::transport::websocket::frame_config(1 << 28);
+    let (ws, _) =
+        tokio_tungstenite::client_async_with_config(request, stream, Some(config)).await?;
     Ok(Stream::Ws(Box::new(WsStream::new(ws))))
 }
 
