@@ -22,6 +22,8 @@ pub struct Broker {
     pub connections: AtomicUsize,
     /// The latest closes, for the admin API (`admin.close_history`).
     pub closes: CloseHistory,
+    /// This node's part in a cluster (`[cluster] enabled`), set once at start.
+    pub cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
     /// For assigned client identifiers: unique within this process.
     next_client_number: AtomicU64,
     started: std::time::SystemTime,
@@ -47,6 +49,7 @@ impl Broker {
             sessions,
             connections: AtomicUsize::new(0),
             closes,
+            cluster: std::sync::OnceLock::new(),
             next_client_number: AtomicU64::new(1),
             started: std::time::SystemTime::now(),
             up_since: std::time::Instant::now(),

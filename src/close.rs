@@ -143,9 +143,11 @@ impl CloseReason {
 
     /// Whether the will message fires (MQTT-3.1.2-8: on every close but a normal DISCONNECT;
     /// a DISCONNECT with 0x04 is handled by the connection, which asks for it explicitly).
-    /// A takeover fires it too (MQTT-3.1.4-3), subject to the v5 will delay.
+    /// A takeover fires it too (MQTT-3.1.4-3), subject to the v5 will delay. A session that
+    /// failed over to another cluster node does not: its client is alive and connected (or
+    /// told to connect) there, and the will stays with the session.
     pub fn fires_will(self) -> bool {
-        !matches!(self, CloseReason::ClosedByClient)
+        !matches!(self, CloseReason::ClosedByClient | CloseReason::FailedOver)
     }
 }
 

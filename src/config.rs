@@ -28,6 +28,43 @@ pub struct Config {
     pub storage: StorageConfig,
     pub admin: AdminConfig,
     pub log: LogConfig,
+    pub cluster: ClusterConfig,
+}
+
+/// `[cluster]`: nodes that share one NATS (JetStream) cluster form one broker.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    pub enabled: bool,
+    /// This node's name, unique in the cluster; empty: the host name.
+    pub node: String,
+    /// NATS server URLs (any of them will do; the client finds the rest).
+    pub nats: Vec<String>,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            enabled: false,
+            node: String::new(),
+            nats: vec!["nats://127.0.0.1:4222".to_string()],
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// `node`, or the host name when it is empty.
+    pub fn node_name(&self) -> String {
+        if !self.node.is_empty() {
+            return self.node.clone();
+        }
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_else(|| "brokk".to_string())
+    }
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -307,6 +344,7 @@ impl Default for Config {
             admin: AdminConfig::default(),
             storage: StorageConfig::default(),
             log: LogConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -558,7 +596,35 @@ impl Config {
             ));
         }
         validate_auth(&self.auth)?;
+        self.validate_cluster()?;
         self.validate_admin()
+    }
+
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        let cluster = &self.cluster;
+        if !cluster.enabled {
+            return Ok(());
+        }
+        if cluster.nats.is_empty() {
+            return Err(invalid("cluster.nats", "at least one NATS URL is required"));
+        }
+        for url in &cluster.nats {
+            if let Err(e) = url.parse::<async_nats::ServerAddr>() {
+                return Err(invalid("cluster.nats", format!("{url}: {e}")));
+            }
+        }
+        let node = cluster.node_name();
+        // The name is a token of NATS subjects and a key of the JetStream buckets.
+        if !node
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(invalid(
+                "cluster.node",
+                format!("{node:?}: only letters, digits, '-' and '_'"),
+            ));
+        }
+        Ok(())
     }
 
     fn validate_admin(&self) -> Result<(), ConfigError> {
@@ -1164,6 +1230,38 @@ mod tests {
             e.to_string().contains("BROKK_LIMITS__MAX_PACKET_SIZE"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn cluster_keys_are_checked() {
+        let c = Config::from_toml("").unwrap().cluster;
+        assert!(!c.enabled);
+        assert_eq!(c.nats, vec!["nats://127.0.0.1:4222".to_string()]);
+        assert!(!c.node_name().is_empty(), "the host name by default");
+        let ok = Config::from_toml(
+            "[cluster]\nenabled = true\nnode = \"n-1\"\nnats = [\"nats://10.0.0.1:4222\", \"10.0.0.2\"]\n",
+        )
+        .unwrap();
+        assert_eq!(ok.cluster.node_name(), "n-1");
+        assert!(error("[cluster]\nenabeld = true\n").contains("enabeld"));
+        let key = |text: &str| match Config::from_toml(text) {
+            Err(ConfigError::Invalid { key, .. }) => key,
+            other => panic!("expected Invalid, got {other:?}"),
+        };
+        assert_eq!(
+            key("[cluster]\nenabled = true\nnats = []\n"),
+            "cluster.nats"
+        );
+        assert_eq!(
+            key("[cluster]\nenabled = true\nnats = [\"nats://a b\"]\n"),
+            "cluster.nats"
+        );
+        assert_eq!(
+            key("[cluster]\nenabled = true\nnode = \"a.b\"\n"),
+            "cluster.node"
+        );
+        // Off, nothing is checked.
+        assert!(Config::from_toml("[cluster]\nnode = \"a.b\"\n").is_ok());
     }
 
     /// The section list behind the environment hint must follow `Config`'s fields.

@@ -22,6 +22,7 @@ pub mod admin;
 pub mod auth;
 pub mod broker;
 pub mod close;
+pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod ctl;

@@ -28,7 +28,19 @@ pub struct Overflowed {
     pub queue: Arc<Queue>,
 }
 
+/// A filter that gained its first subscriber here, or lost its last one (the cluster keeps
+/// one NATS subscription per such filter).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FilterChange {
+    Added(String),
+    Removed(String),
+}
+
+pub type FilterWatch = tokio::sync::mpsc::UnboundedSender<FilterChange>;
+
 pub struct Routing {
+    /// Told every subscription added to or removed from the index (a cluster node).
+    filter_watch: std::sync::OnceLock<FilterWatch>,
     /// Shared with background removals of large subscription sets.
     subscriptions: Arc<RwLock<Subscriptions>>,
     retained: RwLock<Retained>,
@@ -40,10 +52,24 @@ pub struct Routing {
 impl Routing {
     pub fn new(stats: Arc<Stats>, conflate: Vec<String>) -> Routing {
         Routing {
+            filter_watch: std::sync::OnceLock::new(),
             subscriptions: Arc::new(RwLock::new(SubscriptionTable::default())),
             retained: RwLock::new(RetainedStore::default()),
             stats,
             conflate,
+        }
+    }
+
+    /// Every subscription added or removed from now on is told to `watch` (in the order the
+    /// index changed: it is told under the index's lock). Set before any subscription exists
+    /// (before sessions are restored at start).
+    pub fn watch_filters(&self, watch: FilterWatch) {
+        let _ = self.filter_watch.set(watch);
+    }
+
+    fn tell(&self, change: FilterChange) {
+        if let Some(watch) = self.filter_watch.get() {
+            let _ = watch.send(change);
         }
     }
 
@@ -84,6 +110,12 @@ impl Routing {
         publisher: &str,
         mut changes: Option<&mut Vec<Change>>,
     ) -> Vec<Overflowed> {
+        self.set_retained(messages, changes.as_deref_mut());
+        self.route_batch(messages, publisher, changes)
+    }
+
+    /// The retained messages of a batch replace (or clear) their topics' retained messages.
+    fn set_retained(&self, messages: &[Arc<Message>], mut changes: Option<&mut Vec<Change>>) {
         if messages.iter().any(|m| m.retain) {
             let mut retained = self.retained_mut();
             for message in messages.iter().filter(|m| m.retain) {
@@ -99,6 +131,16 @@ impl Routing {
             }
             self.stats.retained.set(retained.len() as f64);
         }
+    }
+
+    /// Routes a batch into the matching sessions' queues without touching retained messages
+    /// (messages from another cluster node: their retained part arrives on its own).
+    pub fn route_batch(
+        &self,
+        messages: &[Arc<Message>],
+        publisher: &str,
+        mut changes: Option<&mut Vec<Change>>,
+    ) -> Vec<Overflowed> {
         let mut routes: Vec<(usize, Route<Arc<Queue>>)> = Vec::new();
         {
             let table = self.index();
@@ -164,6 +206,13 @@ impl Routing {
         overflowed
     }
 
+    /// Clears `topic`'s retained message (another cluster node cleared it).
+    pub(crate) fn clear_retained(&self, topic: &str) {
+        let mut retained = self.retained_mut();
+        retained.set(topic, None);
+        self.stats.retained.set(retained.len() as f64);
+    }
+
     /// Restores a retained message read back from the store.
     pub(crate) fn restore_retained(&self, message: Arc<Message>) {
         let mut retained = self.retained_mut();
@@ -182,6 +231,9 @@ impl Routing {
         let mut table = self.index_mut();
         let existed = table.subscribe(client_id, queue.clone(), filter, options);
         self.stats.subscriptions.set(table.len() as f64);
+        if !existed {
+            self.tell(FilterChange::Added(filter.to_string()));
+        }
         existed
     }
 
@@ -194,6 +246,9 @@ impl Routing {
         let mut table = self.index_mut();
         let existed = table.unsubscribe(client_id, filter);
         self.stats.subscriptions.set(table.len() as f64);
+        if existed {
+            self.tell(FilterChange::Removed(filter.to_string()));
+        }
         existed
     }
 
@@ -211,7 +266,9 @@ impl Routing {
         for chunk in filters.chunks(REMOVE_CHUNK) {
             let mut table = self.index_mut();
             for filter in chunk {
-                table.unsubscribe_if(client_id, filter, |h| Arc::ptr_eq(h, queue));
+                if table.unsubscribe_if(client_id, filter, |h| Arc::ptr_eq(h, queue)) {
+                    self.tell(FilterChange::Removed(filter.to_string()));
+                }
             }
             self.stats.subscriptions.set(table.len() as f64);
         }
@@ -233,13 +290,18 @@ impl Routing {
             return self.remove_subscriptions(client_id, &filters, queue);
         };
         let (table, gauge) = (self.subscriptions.clone(), self.stats.subscriptions.clone());
+        let watch = self.filter_watch.get().cloned();
         let (client_id, queue) = (client_id.clone(), queue.clone());
         runtime.spawn(async move {
             for chunk in filters.chunks(REMOVE_CHUNK) {
                 {
                     let mut table = table.write().unwrap_or_else(|p| p.into_inner());
                     for filter in chunk {
-                        table.unsubscribe_if(&client_id, filter, |h| Arc::ptr_eq(h, &queue));
+                        if table.unsubscribe_if(&client_id, filter, |h| Arc::ptr_eq(h, &queue))
+                            && let Some(watch) = &watch
+                        {
+                            let _ = watch.send(FilterChange::Removed(filter.clone()));
+                        }
                     }
                     gauge.set(table.len() as f64);
                 }

@@ -33,6 +33,8 @@ pub enum StartError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
+    #[error(transparent)]
     Auth(#[from] AuthError),
     #[error(transparent)]
     Tls(#[from] TlsError),
@@ -54,7 +56,7 @@ impl StartError {
     /// True when the configuration itself is unusable (what `--check-config` reports), false
     /// when a valid configuration met the machine (a port already in use, say).
     pub fn is_configuration(&self) -> bool {
-        !matches!(self, StartError::Bind { .. })
+        !matches!(self, StartError::Bind { .. } | StartError::Cluster(_))
     }
 }
 
@@ -108,7 +110,36 @@ impl Server {
 
         let store = open_store(&config.storage).await?;
         let broker = Arc::new(Broker::with_store(config, auth, store.clone()));
+        // The cluster hears of every subscription, restored ones included.
+        let filters = broker.config.cluster.enabled.then(|| {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            broker.sessions.routing().watch_filters(tx);
+            rx
+        });
         restore(&broker, store).await?;
+        if let Some(filters) = filters {
+            // The Server Reference a draining node's clients get: a plain MQTT listener
+            // (TCP, else TLS), not a WebSocket one.
+            let mqtt = |t: &Transport| t.websocket.is_none() && !t.proxy_protocol;
+            let address = acceptors
+                .iter()
+                .filter(|(_, _, t)| mqtt(t))
+                .min_by_key(|(_, _, t)| t.tls.is_some())
+                .and_then(|(_, socket, _)| socket.local_addr().ok())
+                .map(|addr| match addr.ip().is_unspecified() {
+                    true => format!("{}:{}", broker.config.cluster.node_name(), addr.port()),
+                    false => addr.to_string(),
+                })
+                .unwrap_or_default();
+            let cluster = crate::cluster::Cluster::start(
+                &broker.config.cluster,
+                address,
+                broker.sessions.clone(),
+                filters,
+            )
+            .await?;
+            let _ = broker.cluster.set(cluster);
+        }
         let bound = acceptors
             .iter()
             .filter_map(|(name, socket, transport)| {
@@ -196,6 +227,10 @@ impl Server {
     /// Graceful shutdown. Returns once every connection has finished (each has the drain
     /// deadline for its pending output) or a grace period past the deadline has passed.
     pub async fn shutdown(mut self) {
+        if let Some(cluster) = self.broker.cluster.get() {
+            // Sessions move to another node first; their clients get 0x9C with its address.
+            cluster.drain().await;
+        }
         let _ = self.shutdown_tx.send(true);
         for task in self.accept_tasks.drain(..) {
             let _ = task.await;
@@ -207,6 +242,9 @@ impl Server {
             .is_err()
         {
             tracing::warn!("shutdown: connections still open after the drain deadline");
+        }
+        if let Some(cluster) = self.broker.cluster.get() {
+            cluster.stop().await;
         }
         // What the last connections changed is written before the process goes.
         let store = self.broker.sessions.store().clone();

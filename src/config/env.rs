@@ -19,7 +19,7 @@ pub const NOT_CONFIGURATION: [&str; 6] = [
 
 /// The top-level sections of broker.toml (kept equal to `Config`'s fields by a test), for the
 /// "did you mean" hint.
-pub(super) const SECTIONS: [&str; 8] = [
+pub(super) const SECTIONS: [&str; 9] = [
     "listeners",
     "metrics",
     "limits",
@@ -28,6 +28,7 @@ pub(super) const SECTIONS: [&str; 8] = [
     "storage",
     "admin",
     "log",
+    "cluster",
 ];
 
 /// The override variables among `env`, or the first `BROKK_` variable that cannot be one.

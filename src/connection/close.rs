@@ -144,6 +144,15 @@ impl Connection {
         }
         let code = reason.disconnect_code()?;
         let mut disconnect = Disconnect::with_reason(code, Some(reason.label().to_string()));
+        if reason == CloseReason::FailedOver {
+            // A draining cluster node names the node the session went to (v5 §4.11).
+            disconnect.server_reference = self
+                .broker
+                .cluster
+                .get()
+                .and_then(|c| c.drain_reference())
+                .map(str::to_string);
+        }
         if let Some(limit) = self.client_maximum_packet_size {
             let size = |d: &Disconnect| {
                 protocol::encoded_len(&Packet::Disconnect(d.clone()), self.version)

@@ -238,9 +238,27 @@ where
         .unwrap_or_else(|| Arc::from(""));
     let auth = authz::authorise(broker, &connect, login, client_id.clone(), reloads)
         .map_err(|r| refuse(io, &connect, r))?;
+    // In a cluster the client id's entry is taken first (from another node, with its
+    // session, unless the client starts clean).
+    let cluster = broker.cluster.get();
+    // Held until the session is in the table: an adoption of this id waits for it.
+    let claim = match cluster {
+        Some(cluster) => Some(cluster.lock_client(&client_id).await),
+        None => None,
+    };
+    let remote = match cluster {
+        Some(cluster) => match cluster.claim(&client_id).await {
+            Ok(remote) => remote.filter(|_| !connect.clean_start),
+            Err(error) => {
+                return Err(refuse(io, &connect, refusal(0x88, &error.to_string())));
+            }
+        },
+        None => None,
+    };
     let lease = broker
         .sessions
         .connect(ConnectRequest {
+            remote,
             client_id: client_id.clone(),
             clean_start: connect.clean_start,
             expiry_interval: negotiated.expiry,
@@ -258,6 +276,16 @@ where
             },
         })
         .await;
+    drop(claim);
+    if let Some(cluster) = cluster
+        && !cluster.still_owner(&client_id).await
+    {
+        // A CONNECT on another node took the client id meanwhile: this one is stale at once.
+        lease.mailbox().send(crate::sessions::Control::Close {
+            reason: crate::close::CloseReason::FailedOver,
+            discard: true,
+        });
+    }
     let mut connack = ConnAck {
         session_present: lease.session_present(),
         reason_code: 0,

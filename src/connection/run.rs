@@ -525,6 +525,10 @@ impl Connection {
                 }
                 Some(CloseReason::SessionTakenOver.into())
             }
+            Control::Migrate { reply } => {
+                self.lease.hand_over_on_finish(reply);
+                Some(CloseReason::FailedOver.into())
+            }
             Control::Close { reason, discard } => Some(Close {
                 discard,
                 ..reason.into()

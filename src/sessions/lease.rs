@@ -295,7 +295,9 @@ impl Lease {
     async fn wait_for_takeover(&self) -> Option<HandoverReply> {
         let wait = async {
             loop {
-                if let Control::TakeOver { reply } = self.mailbox.recv().await {
+                if let Control::TakeOver { reply } | Control::Migrate { reply } =
+                    self.mailbox.recv().await
+                {
                     return reply;
                 }
             }

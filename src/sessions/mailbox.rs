@@ -24,6 +24,11 @@ pub enum Control {
     TakeOver {
         reply: oneshot::Sender<Option<Box<SessionState>>>,
     },
+    /// This node is draining and the session moves to another node: close with
+    /// `failed_over` (v5 0x9C) and hand the session over through `reply`.
+    Migrate {
+        reply: oneshot::Sender<Option<Box<SessionState>>>,
+    },
     /// Close with `reason`; `discard` ends the session too (a kick, a revoke).
     Close { reason: CloseReason, discard: bool },
     /// An administrator asks for the session's subscriptions (which the connection holds

@@ -19,6 +19,7 @@ mod end;
 mod lease;
 mod mailbox;
 pub mod queue;
+mod remote;
 mod restore;
 mod state;
 pub mod store;
@@ -40,6 +41,7 @@ pub use end::SessionEnd;
 pub use lease::Lease;
 pub use mailbox::{Control, Mailbox, SubscriptionList};
 pub use queue::{Backlog, Offer, Queue, QueueLimits};
+pub use remote::{Handover, Surrender};
 pub use restore::Restored;
 pub use state::{Ack, AckOutcome, InflightOut, OutboundState, SessionState};
 pub use store::{Change, SessionStore};
@@ -58,6 +60,8 @@ pub struct ConnectRequest {
     pub expiry_interval: u32,
     pub will: Option<Will>,
     pub info: ConnInfo,
+    /// The session as another cluster node handed it over (it owned the client id).
+    pub remote: Option<Handover>,
 }
 
 pub struct Sessions {
@@ -71,6 +75,13 @@ pub struct Sessions {
     ended: Vec<Counter>,
     /// Users whose CONNECTs are refused (admin revoke), stored like sessions.
     revoked: std::sync::RwLock<std::collections::HashSet<Arc<str>>>,
+    /// Where this node's publishes also go when it is a cluster node.
+    forward: std::sync::OnceLock<Arc<dyn Forward>>,
+}
+
+/// Takes what this node's clients publish to the other nodes of a cluster.
+pub trait Forward: Send + Sync + 'static {
+    fn forward(&self, messages: &[Arc<Message>], publisher: &str);
 }
 
 impl Sessions {
@@ -92,6 +103,7 @@ impl Sessions {
             queued,
             ended,
             revoked: Default::default(),
+            forward: Default::default(),
         })
     }
 
@@ -114,6 +126,7 @@ impl Sessions {
             expiry_interval,
             will,
             info,
+            remote,
         } = request;
         let version = info.version;
         let info = Arc::new(info);
@@ -140,6 +153,17 @@ impl Sessions {
             Previous::Nothing => None,
             Previous::Waiting(session) => Some(session),
             Previous::Connected(old) => take_over(&old, &client_id).await,
+        };
+        // A session from the node that owned the client id is the current one: a copy left
+        // here is stale.
+        let previous = match (previous, remote) {
+            (previous, None) => previous,
+            (stale, Some(handover)) => {
+                if let Some(stale) = stale {
+                    self.end_in_place(&stale, &attached.queue, SessionEnd::FailedOver);
+                }
+                Some(self.import(&client_id, handover, &attached.queue))
+            }
         };
         let (mut state, present) = match previous {
             Some(old) if !clean_start => (old, true),
@@ -304,6 +328,34 @@ impl Sessions {
         let record = self.store.durable().then_some(changes);
         let overflowed = self.routing.publish_batch(messages, publisher, record);
         self.overflowed(overflowed);
+        if let Some(forward) = self.forward.get() {
+            forward.forward(messages, publisher);
+        }
+    }
+
+    /// Sends every later publish to the other cluster nodes too.
+    pub fn set_forward(&self, forward: Arc<dyn Forward>) {
+        let _ = self.forward.set(forward);
+    }
+
+    /// Delivers messages another cluster node published to the sessions here (their retained
+    /// part arrives separately).
+    pub fn publish_remote(&self, messages: &[Arc<Message>], publisher: &str) {
+        let mut changes = Vec::new();
+        let record = self.store.durable().then_some(&mut changes);
+        let overflowed = self.routing.route_batch(messages, publisher, record);
+        self.overflowed(overflowed);
+        if !changes.is_empty() {
+            drop(self.store.submit(changes));
+        }
+    }
+
+    /// A retained message set (`Some`) or cleared on another cluster node.
+    pub fn remote_retained(&self, topic: &str, message: Option<Arc<Message>>) {
+        match message {
+            Some(message) => self.routing.restore_retained(message),
+            None => self.routing.clear_retained(topic),
+        }
     }
 
     /// The durable store (or the memory one).

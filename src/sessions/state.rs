@@ -354,6 +354,11 @@ impl SessionState {
         self.inbound_qos2.contains(&packet_id)
     }
 
+    /// The inbound QoS 2 packet ids awaiting PUBREL (a session moving to another node).
+    pub(super) fn inbound_qos2_ids(&self) -> Vec<u16> {
+        self.inbound_qos2.iter().copied().collect()
+    }
+
     pub fn inbound_qos2_len(&self) -> usize {
         self.inbound_qos2.len()
     }

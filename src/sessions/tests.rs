@@ -67,6 +67,7 @@ impl Setup {
     ) -> Lease {
         self.sessions
             .connect(ConnectRequest {
+                remote: None,
                 client_id: Arc::from(id),
                 clean_start: clean,
                 expiry_interval: expiry,
@@ -304,6 +305,7 @@ async fn a_takeover_hands_a_persistent_session_over_and_ends_a_clean_one() {
     let new = tokio::spawn(async move {
         sessions
             .connect(ConnectRequest {
+                remote: None,
                 client_id: Arc::from("p"),
                 clean_start: false,
                 expiry_interval: 60,
@@ -346,6 +348,7 @@ async fn a_takeover_hands_a_persistent_session_over_and_ends_a_clean_one() {
         request_info.version = Version::V311;
         sessions
             .connect(ConnectRequest {
+                remote: None,
                 client_id: Arc::from("c"),
                 clean_start: false,
                 expiry_interval: 60,

@@ -88,10 +88,19 @@ impl BrokkProcess {
     /// The first line (seen or to come) for which `want` holds; panics with everything seen
     /// after `WAIT`, or when brokk's stderr ends first.
     pub fn wait_line(&mut self, want: impl Fn(&str) -> bool) -> String {
+        self.wait_line_within(WAIT, want)
+    }
+
+    /// [`BrokkProcess::wait_line`] with another limit than `WAIT`.
+    pub fn wait_line_within(
+        &mut self,
+        limit: std::time::Duration,
+        want: impl Fn(&str) -> bool,
+    ) -> String {
         if let Some(line) = self.seen.iter().find(|line| want(line)) {
             return line.clone();
         }
-        let deadline = Instant::now() + WAIT;
+        let deadline = Instant::now() + limit;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
@@ -102,7 +111,7 @@ impl BrokkProcess {
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {
-                    panic!("no such line within {WAIT:?}; brokk said:\n{}", self.log())
+                    panic!("no such line within {limit:?}; brokk said:\n{}", self.log())
                 }
                 Err(RecvTimeoutError::Disconnected) => {
                     panic!("brokk's stderr ended; it said:\n{}", self.log())
@@ -118,6 +127,18 @@ impl BrokkProcess {
         field(&line, "addr")
             .and_then(|addr| addr.parse().ok())
             .unwrap_or_else(|| panic!("no address in {line:?}"))
+    }
+
+    /// The process id (for signals).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Reads what brokk logged so far without waiting.
+    pub fn drain_lines(&mut self) {
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push(line);
+        }
     }
 
     /// What brokk wrote to stdout so far.

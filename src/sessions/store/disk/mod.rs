@@ -18,7 +18,7 @@
 //! acknowledged writes (a journal cut short), which a per-session sequence number cannot
 //! show; every stored session then ends with `lost_messages`.
 
-mod convert;
+pub(crate) mod convert;
 mod keys;
 mod recover;
 mod writer;
