@@ -11,9 +11,9 @@ use crate::config::Limits;
 use crate::logsafe::LogId;
 use crate::protocol::{ConnAck, ConnAckProperties, Connect, Packet, Version, Will};
 use crate::router;
-use crate::sessions::{ConnInfo, ConnectRequest, Counters};
+use crate::sessions::{ConnInfo, ConnectRequest, Counters, Lease};
 
-use super::authz;
+use super::authz::{self, ConnAuth};
 use super::io::Io;
 use super::run::Connection;
 use super::{ConnectionContext, encode_or_log, own_payload};
@@ -208,24 +208,89 @@ where
 {
     let broker = &ctx.broker;
     let limits = &broker.config.limits;
-    if ctx.over_limit {
-        return Err(refuse(
-            io,
-            &connect,
-            refusal(0x97, "max_connections reached"),
-        ));
-    }
-    let negotiated = negotiate(&connect, limits, broker.max_session_expiry())
-        .map_err(|r| refuse(io, &connect, r))?;
-    // Taken before the login, so that no reload can slip between the two unseen.
-    let reloads = broker.auth.reloads();
-    let login = authz::log_in(ctx, &connect)
+    let admitted = admit(ctx, &connect).await.map_err(|e| match e {
+        NotAdmitted::Refused(r) => refuse(io, &connect, r),
+        NotAdmitted::Revoked(user) => refuse_revoked(io, &connect, &user),
+    })?;
+    let Admitted {
+        negotiated,
+        auth,
+        client_id,
+        assigned,
+    } = admitted;
+    let lease = take_session(ctx, &connect, &negotiated, &auth, client_id.clone())
         .await
         .map_err(|r| refuse(io, &connect, r))?;
+    let mut connack = ConnAck {
+        session_present: lease.session_present(),
+        reason_code: 0,
+        properties: connack_properties(&negotiated, &connect, limits, assigned),
+    };
+    fit_connack(
+        &mut connack,
+        connect.version,
+        negotiated.client_maximum_packet_size,
+    );
+    encode_or_log(&Packet::ConnAck(connack), connect.version, &mut io.out);
+    broker.stats_connect(connect.version, true);
+    tracing::info!(
+        client_id = %LogId(&client_id),
+        peer = %ctx.peer,
+        protocol = connect.version.label(),
+        clean_start = connect.clean_start,
+        keep_alive = negotiated.keep_alive,
+        user = auth.context.user().map(|u| LogId(u).to_string()),
+        session_present = lease.session_present(),
+        "client connected"
+    );
+    let resumed = lease.session_present();
+    let mut conn = Connection::new(ctx, lease, &negotiated, auth);
+    if resumed {
+        // The session's subscriptions were granted to an earlier connection, maybe to
+        // another user or under other rules.
+        conn.rejudge();
+    }
+    conn.resend_inflight(&mut io.out);
+    Ok(conn)
+}
+
+/// What a CONNECT is once it passed every check and its client logged in.
+struct Admitted {
+    negotiated: Negotiated,
+    auth: ConnAuth,
+    client_id: Arc<str>,
+    /// The client id brokk assigned (v5 tells the client in CONNACK).
+    assigned: Option<Arc<str>>,
+}
+
+/// Why [`admit`] turned a CONNECT away.
+enum NotAdmitted {
+    Refused(Refusal),
+    /// The user is revoked (refused as `banned`, naming the logged-in user).
+    Revoked(String),
+}
+
+impl From<Refusal> for NotAdmitted {
+    fn from(refusal: Refusal) -> Self {
+        NotAdmitted::Refused(refusal)
+    }
+}
+
+/// The connection limit, the negotiation, the login, a revoked user, the will's and the
+/// client's authorisation, in that order: the first that fails refuses the CONNECT.
+async fn admit(ctx: &ConnectionContext, connect: &Connect) -> Result<Admitted, NotAdmitted> {
+    let broker = &ctx.broker;
+    if ctx.over_limit {
+        return Err(refusal(0x97, "max_connections reached").into());
+    }
+    let negotiated = negotiate(connect, &broker.config.limits, broker.max_session_expiry())?;
+    // Taken before the login, so that no reload can slip between the two unseen.
+    let reloads = broker.auth.reloads();
+    let login = authz::log_in(ctx, connect).await?;
     if let Some(user) = &login.user
         && broker.sessions.is_revoked(user)
     {
-        return Err(refuse_revoked(io, &connect, user));
+        return Err(NotAdmitted::Revoked(user.to_string()));
     }
     let assigned = negotiated
         .client_id
@@ -236,10 +301,26 @@ where
         .clone()
         .or_else(|| assigned.clone())
         .unwrap_or_else(|| Arc::from(""));
-    let auth = authz::authorise(broker, &connect, login, client_id.clone(), reloads)
-        .map_err(|r| refuse(io, &connect, r))?;
-    // In a cluster the client id's entry is taken first (from another node, with its
-    // session, unless the client starts clean).
+    let auth = authz::authorise(broker, connect, login, client_id.clone(), reloads)?;
+    Ok(Admitted {
+        negotiated,
+        auth,
+        client_id,
+        assigned,
+    })
+}
+
+/// Takes the client id's session: in a cluster its entry first (from another node, with its
+/// session, unless the client starts clean), then the local table (a takeover of a connected
+/// owner happens there).
+async fn take_session(
+    ctx: &ConnectionContext,
+    connect: &Connect,
+    negotiated: &Negotiated,
+    auth: &ConnAuth,
+    client_id: Arc<str>,
+) -> Result<Lease, Refusal> {
+    let broker = &ctx.broker;
     let cluster = broker.cluster.get();
     // Held until the session is in the table: an adoption of this id waits for it.
     let claim = match cluster {
@@ -249,9 +330,7 @@ where
     let remote = match cluster {
         Some(cluster) => match cluster.claim(&client_id).await {
             Ok(remote) => remote.filter(|_| !connect.clean_start),
-            Err(error) => {
-                return Err(refuse(io, &connect, refusal(0x88, &error.to_string())));
-            }
+            Err(error) => return Err(refusal(0x88, &error.to_string())),
         },
         None => None,
     };
@@ -286,37 +365,7 @@ where
             discard: true,
         });
     }
-    let mut connack = ConnAck {
-        session_present: lease.session_present(),
-        reason_code: 0,
-        properties: connack_properties(&negotiated, &connect, limits, assigned),
-    };
-    fit_connack(
-        &mut connack,
-        connect.version,
-        negotiated.client_maximum_packet_size,
-    );
-    encode_or_log(&Packet::ConnAck(connack), connect.version, &mut io.out);
-    broker.stats_connect(connect.version, true);
-    tracing::info!(
-        client_id = %LogId(&client_id),
-        peer = %ctx.peer,
-        protocol = connect.version.label(),
-        clean_start = connect.clean_start,
-        keep_alive = negotiated.keep_alive,
-        user = auth.context.user().map(|u| LogId(u).to_string()),
-        session_present = lease.session_present(),
-        "client connected"
-    );
-    let resumed = lease.session_present();
-    let mut conn = Connection::new(ctx, lease, &negotiated, auth);
-    if resumed {
-        // The session's subscriptions were granted to an earlier connection, maybe to
-        // another user or under other rules.
-        conn.rejudge();
-    }
-    conn.resend_inflight(&mut io.out);
-    Ok(conn)
+    Ok(lease)
 }
 
 fn connack_properties(
