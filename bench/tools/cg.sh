@@ -2,24 +2,7 @@
 # usage: bench/tools/cg.sh BROKK_BIN SCENARIO CLIENTS QOS RATE SECS: brokk under callgrind for one `brokk-bench load` run; prints its instruction count
 set -e
 bin=$1; sc=$2; cl=$3; q=$4; rate=$5; secs=$6
-port=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
-d=$(mktemp -d)
-cat > $d/b.toml <<EOT
-[listeners.tcp]
-bind = "127.0.0.1:$port"
-[metrics]
-enabled = false
-[storage]
-backend = "memory"
-[admin]
-enabled = false
-[limits]
-max_connections = 1000000
-receive_maximum = 64
-max_inflight = 64
-max_queue_depth = 100000
-max_queue_depth_disconnected = 100000
-EOT
+. "$(dirname "$0")/common.sh"
 RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file=$d/cg.out $bin --config $d/b.toml > $d/log 2>&1 &
 pid=$!
 for i in $(seq 200); do (echo > /dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
