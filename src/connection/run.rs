@@ -225,16 +225,11 @@ impl Connection {
         let deliveries = loaded
             .deliveries
             .into_iter()
-            .map(|stored| {
-                let mut delivery = Delivery::new(
-                    stored.message,
-                    stored.qos,
-                    stored.retain,
-                    stored.subscription_identifiers,
-                );
-                delivery.seq = stored.seq;
+            .map(|mut stored| {
+                let resume = stored.inflight.take();
+                let mut delivery = stored.into_delivery();
                 delivery.persisted = true;
-                delivery.resume = stored.inflight;
+                delivery.resume = resume;
                 delivery
             })
             .collect();

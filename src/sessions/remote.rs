@@ -126,16 +126,7 @@ impl Sessions {
             let deliveries = loaded
                 .deliveries
                 .into_iter()
-                .map(|stored| {
-                    let mut delivery = Delivery::new(
-                        stored.message,
-                        stored.qos,
-                        stored.retain,
-                        stored.subscription_identifiers,
-                    );
-                    delivery.seq = stored.seq;
-                    delivery
-                })
+                .map(super::store::StoredDelivery::into_delivery)
                 .collect();
             queue.loaded(deliveries, loaded.next);
         }

@@ -168,6 +168,21 @@ pub struct StoredDelivery {
     pub inflight: Option<(u16, OutboundState)>,
 }
 
+impl StoredDelivery {
+    /// The delivery it stands for, with its sequence number (in-flight state is the caller's:
+    /// a resumed queue keeps it, a session moved to another node starts it afresh).
+    pub fn into_delivery(self) -> crate::message::Delivery {
+        let mut delivery = crate::message::Delivery::new(
+            self.message,
+            self.qos,
+            self.retain,
+            self.subscription_identifiers,
+        );
+        delivery.seq = self.seq;
+        delivery
+    }
+}
+
 /// A piece of a stored queue, and where the next piece starts.
 #[derive(Debug, Default)]
 pub struct LoadedQueue {
