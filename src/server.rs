@@ -108,7 +108,13 @@ impl Server {
             }));
         }
 
-        let store = open_store(&config.storage).await?;
+        let mut store = open_store(&config.storage).await?;
+        // A cluster node's persistent sessions are replicated on the NATS cluster too.
+        let replica = config.cluster.enabled.then(|| {
+            let replica = crate::cluster::ReplicaStore::new(store.clone());
+            store = replica.clone();
+            replica
+        });
         let broker = Arc::new(Broker::with_store(config, auth, store.clone()));
         // The cluster hears of every subscription, restored ones included.
         let filters = broker.config.cluster.enabled.then(|| {
@@ -117,7 +123,7 @@ impl Server {
             rx
         });
         restore(&broker, store).await?;
-        if let Some(filters) = filters {
+        if let (Some(filters), Some(replica)) = (filters, replica) {
             // The Server Reference a draining node's clients get: a plain MQTT listener
             // (TCP, else TLS), not a WebSocket one.
             let mqtt = |t: &Transport| t.websocket.is_none() && !t.proxy_protocol;
@@ -135,6 +141,7 @@ impl Server {
                 &broker.config.cluster,
                 address,
                 broker.sessions.clone(),
+                &replica,
                 filters,
             )
             .await?;

@@ -8,6 +8,12 @@
 //!   subject its local subscriptions need (counted), drops its own messages coming back
 //!   (they were delivered locally already) and duplicates (a message matching two of its
 //!   subscriptions arrives twice), and routes the rest through its own index.
+//!   That is for QoS 0. QoS 1/2 messages go to every other live node directly (request and
+//!   answer, [`Cluster::confirm`]), and the publisher's acknowledgement waits until each has
+//!   routed and stored them.
+//! - Persistent sessions are replicated in the `brokk_sessions` bucket ([`ReplicaStore`]); the
+//!   node that takes a session from a dead node reads it back from there, and the live nodes
+//!   adopt a dead node's waiting sessions.
 //! - Retained messages live in the `brokk_retained` bucket (key: the topic), loaded at start
 //!   and watched.
 //! - Ownership: the `brokk_owners` bucket names each client id's node, taken with
@@ -22,6 +28,7 @@
 //! The JetStream KV buckets' streams are created here directly (`KV_<bucket>`): async-nats's
 //! `create_key_value` cannot read the account info Debian's nats-server 2.9 sends.
 
+mod replica;
 mod subject;
 mod wire;
 
@@ -34,15 +41,18 @@ use async_nats::jetstream::{self, kv, stream};
 use async_nats::{HeaderMap, Subscriber};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::config::ClusterConfig;
 use crate::logsafe::LogId;
 use crate::message::Message;
+use crate::protocol::QoS;
 use crate::routing::FilterChange;
+use crate::sessions::store::{Commit, StoreError};
 use crate::sessions::{Forward, Sessions, Surrender};
 
+pub use replica::ReplicaStore;
 pub use subject::{filter_subjects, subject_topic, topic_subject};
 
 /// How often a node says it is alive.
@@ -61,6 +71,11 @@ const CLAIM_ATTEMPTS: usize = 8;
 const FORWARD_QUEUE: usize = 65_536;
 /// Message ids remembered per origin node, to drop duplicates.
 const SEEN_WINDOW: usize = 4096;
+/// QoS 1/2 messages sent to the other nodes in one request, at most (what queued meanwhile).
+const CONFIRM_BATCH: usize = 512;
+/// How long a node keeps asking a live node to take a QoS 1/2 batch before the publisher's
+/// acknowledgement fails (its connection closes; the client sends the message again).
+const CONFIRM_WAIT: Duration = Duration::from_secs(5);
 
 const NODES: &str = "brokk_nodes";
 const OWNERS: &str = "brokk_owners";
@@ -100,10 +115,14 @@ pub struct Cluster {
     nodes: kv::Store,
     owners: kv::Store,
     retained: kv::Store,
+    /// The persistent sessions' replicated copies (see [`ReplicaStore`]).
+    stored: kv::Store,
     sessions: Arc<Sessions>,
     seq: AtomicU64,
     /// To the forwarding task; bounded, so a NATS outage cannot grow it without limit.
-    outbound: mpsc::Sender<(Vec<Arc<Message>>, Arc<str>)>,
+    outbound: mpsc::Sender<Outbound>,
+    /// The live nodes' names, as the last heartbeat round saw them.
+    live: Mutex<Vec<String>>,
     /// Batches not forwarded because the queue to NATS was full.
     unforwarded: AtomicU64,
     /// A drain under way: the Server Reference its clients are sent.
@@ -126,6 +145,23 @@ struct HandoverRequest {
     /// Wall-clock unix ms after which the asker no longer waits (a node resumed after a
     /// pause must not give up a session nobody is waiting for).
     deadline_ms: u64,
+}
+
+/// A publish batch on its way to the forwarding task, with the commit its QoS 1/2 messages
+/// complete once every other live node took them.
+type Outbound = (
+    Vec<Arc<Message>>,
+    Arc<str>,
+    Option<oneshot::Sender<Result<(), StoreError>>>,
+);
+
+/// QoS 1/2 messages sent to one node, which answers once it routed and stored them.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct RouteBatch {
+    origin: String,
+    seq: u64,
+    /// (publisher's client id as a KV key, message record in base64url).
+    items: Vec<(String, String)>,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -171,6 +207,7 @@ impl Cluster {
         config: &ClusterConfig,
         address: String,
         sessions: Arc<Sessions>,
+        replica: &ReplicaStore,
         filters: mpsc::UnboundedReceiver<FilterChange>,
     ) -> Result<Arc<Cluster>, ClusterError> {
         let node = config.node_name();
@@ -196,6 +233,8 @@ impl Cluster {
         let nodes = bucket(&js, NODES, NODE_TTL).await?;
         let owners = bucket(&js, OWNERS, Duration::ZERO).await?;
         let retained = bucket(&js, RETAINED, Duration::ZERO).await?;
+        let stored = bucket(&js, replica::SESSIONS, Duration::ZERO).await?;
+        let writer = replica.start(stored.clone(), client.clone());
         let (outbound, outbound_rx) = mpsc::channel(FORWARD_QUEUE);
         let cluster = Arc::new(Cluster {
             node: node.clone(),
@@ -204,9 +243,11 @@ impl Cluster {
             nodes,
             owners,
             retained,
+            stored,
             sessions: sessions.clone(),
             seq: AtomicU64::new(0),
             outbound,
+            live: Mutex::new(Vec::new()),
             unforwarded: AtomicU64::new(0),
             drain_reference: OnceLock::new(),
             moving: Mutex::new(HashMap::new()),
@@ -250,17 +291,35 @@ impl Cluster {
             .subscribe(format!("brokk.node.{node}.adopt"))
             .await
             .map_err(nats_error)?;
+        let route_requests = cluster
+            .client
+            .subscribe(format!("brokk.node.{node}.route"))
+            .await
+            .map_err(nats_error)?;
+        // A node that joins is a target of QoS 1/2 batches from its first heartbeat on.
+        let nodes_watch = cluster
+            .nodes
+            .watch_all()
+            .await
+            .map_err(|e| ClusterError::Bucket {
+                bucket: NODES,
+                why: e.to_string(),
+            })?;
+        cluster.refresh_live().await;
         let (inbound_tx, inbound_rx) = mpsc::unbounded_channel();
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(cluster.clone().heartbeats()),
             tokio::spawn(cluster.clone().watch_retained(retained_watch)),
             tokio::spawn(cluster.clone().watch_owners(owners_watch)),
             tokio::spawn(cluster.clone().serve_handovers(handover_requests)),
             tokio::spawn(cluster.clone().serve_adoptions(adopt_requests)),
+            tokio::spawn(cluster.clone().serve_routes(route_requests)),
+            tokio::spawn(cluster.clone().watch_nodes(nodes_watch)),
             tokio::spawn(cluster.clone().forward_loop(outbound_rx)),
             tokio::spawn(cluster.clone().subscriptions(filters, inbound_tx)),
             tokio::spawn(cluster.clone().deliver_loop(inbound_rx)),
         ];
+        tasks.extend(writer);
         *cluster.tasks.lock().unwrap_or_else(|p| p.into_inner()) = tasks;
         sessions.set_forward(cluster.clone());
         tracing::info!(node = %node, nats = %urls, "cluster node joined");
@@ -290,9 +349,10 @@ impl Cluster {
     /// Live nodes and their MQTT addresses.
     async fn live_nodes(&self) -> Result<Vec<(String, String)>, ClusterError> {
         let mut keys = self.nodes.keys().await.map_err(nats_error)?;
-        let mut names = Vec::new();
+        // A heartbeat put while the keys are listed lists its key twice.
+        let mut names = std::collections::BTreeSet::new();
         while let Some(key) = keys.next().await {
-            names.push(key.map_err(nats_error)?);
+            names.insert(key.map_err(nats_error)?);
         }
         let mut live = Vec::new();
         for name in names {
@@ -303,6 +363,36 @@ impl Cluster {
         Ok(live)
     }
 
+    /// Looks the live nodes up again (the list QoS 1/2 batches go to); `None` when NATS did
+    /// not answer.
+    async fn refresh_live(&self) -> Option<Vec<String>> {
+        let live: Vec<String> = self
+            .live_nodes()
+            .await
+            .ok()?
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
+        self.members.set(live.len() as f64);
+        *self.live.lock().unwrap_or_else(|p| p.into_inner()) = live.clone();
+        Some(live)
+    }
+
+    /// Adds a node to the live list at its first heartbeat (the list is looked up again, and
+    /// nodes gone left out, every other heartbeat).
+    async fn watch_nodes(self: Arc<Self>, mut watch: kv::Watch) {
+        while let Some(entry) = watch.next().await {
+            let Ok(entry) = entry else { continue };
+            if entry.operation != kv::Operation::Put {
+                continue;
+            }
+            let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+            if !live.contains(&entry.key) {
+                live.push(entry.key);
+            }
+        }
+    }
+
     async fn alive(&self, node: &str) -> bool {
         matches!(self.nodes.get(node).await, Ok(Some(_)))
     }
@@ -310,6 +400,7 @@ impl Cluster {
     async fn heartbeats(self: Arc<Self>) {
         let mut last = tokio::time::Instant::now();
         let mut ticks: u32 = 0;
+        let mut known: HashSet<String> = HashSet::new();
         loop {
             tokio::time::sleep(HEARTBEAT).await;
             let now = tokio::time::Instant::now();
@@ -326,9 +417,15 @@ impl Cluster {
             }
             ticks = ticks.wrapping_add(1);
             if ticks % 2 == 1
-                && let Ok(live) = self.live_nodes().await
+                && let Some(live) = self.refresh_live().await
             {
-                self.members.set(live.len() as f64);
+                let now: HashSet<String> = live.into_iter().collect();
+                for dead in known.difference(&now) {
+                    if *dead != self.node && !paused {
+                        tokio::spawn(self.clone().adopt_orphans(dead.clone()));
+                    }
+                }
+                known = now;
             }
         }
     }
@@ -412,7 +509,11 @@ impl Cluster {
             let owner = (previous.operation == kv::Operation::Put)
                 .then(|| String::from_utf8_lossy(&previous.value).into_owned());
             if owner.as_deref() == Some(self.node.as_str()) {
-                return Ok(None);
+                // Ours: here, unless this node restarted since (then the cluster's copy is it).
+                if self.sessions.info(client_id).is_some() {
+                    return Ok(None);
+                }
+                return self.stored_session(client_id).await;
             }
             if let Err(e) = self
                 .owners
@@ -424,29 +525,34 @@ impl Cluster {
                 continue;
             }
             let Some(owner) = owner else {
-                return Ok(None);
+                return self.stored_session(client_id).await;
             };
             if !self.alive(&owner).await {
-                tracing::info!(client_id = %LogId(client_id), node = %owner, "cluster: owner node is dead; session taken without its state");
-                return Ok(None);
+                tracing::info!(client_id = %LogId(client_id), node = %owner, "cluster: owner node is dead; session taken from the cluster's copy");
+                return self.stored_session(client_id).await;
             }
-            return Ok(self.request_handover(&owner, client_id).await);
+            return match self.request_handover(&owner, client_id).await {
+                Ok(handover) => Ok(handover),
+                Err(()) => self.stored_session(client_id).await,
+            };
         }
         Err(ClaimError(format!(
             "could not take the client id's entry: {last_error}"
         )))
     }
 
+    /// The session as `owner` hands it over (`None`: it has none); `Err` when it did not
+    /// answer (the cluster's stored copy is then the session).
     async fn request_handover(
         &self,
         owner: &str,
         client_id: &str,
-    ) -> Option<crate::sessions::Handover> {
+    ) -> Result<Option<crate::sessions::Handover>, ()> {
         let request = HandoverRequest {
             client_id: client_id.to_string(),
             deadline_ms: unix_ms(SystemTime::now() + HANDOVER_WAIT),
         };
-        let payload = serde_json::to_vec(&request).ok()?;
+        let payload = serde_json::to_vec(&request).map_err(|_| ())?;
         let reply = tokio::time::timeout(
             HANDOVER_WAIT,
             self.client
@@ -454,25 +560,120 @@ impl Cluster {
         )
         .await;
         match reply {
-            Ok(Ok(message)) if message.payload.is_empty() => None,
+            Ok(Ok(message)) if message.payload.is_empty() => Ok(None),
             Ok(Ok(message)) => match wire::decode_handover(&message.payload) {
                 Ok(handover) => {
                     self.handovers.increment(1);
-                    Some(handover)
+                    Ok(Some(handover))
                 }
                 Err(error) => {
-                    tracing::warn!(client_id = %LogId(client_id), %error, "cluster: handover unreadable");
-                    None
+                    tracing::warn!(client_id = %LogId(client_id), %error, "cluster: handover unreadable; taking the cluster's copy");
+                    Err(())
                 }
             },
             Ok(Err(error)) => {
-                tracing::warn!(client_id = %LogId(client_id), node = %owner, %error, "cluster: handover request failed; session taken without its state");
-                None
+                tracing::warn!(client_id = %LogId(client_id), node = %owner, %error, "cluster: handover request failed; taking the cluster's copy");
+                Err(())
             }
             Err(_) => {
-                tracing::warn!(client_id = %LogId(client_id), node = %owner, "cluster: owner did not hand over in time; session taken without its state");
-                None
+                tracing::warn!(client_id = %LogId(client_id), node = %owner, "cluster: owner did not hand over in time; taking the cluster's copy");
+                Err(())
             }
+        }
+    }
+
+    /// The cluster's stored copy of `client_id`'s persistent session (its owner is gone, or
+    /// did not answer). An unreadable copy refuses the CONNECT (Server unavailable, the client
+    /// tries again) rather than start it afresh: a session is never lost silently.
+    async fn stored_session(
+        &self,
+        client_id: &str,
+    ) -> Result<Option<crate::sessions::Handover>, ClaimError> {
+        match replica::read_session(&self.stored, &self.client, client_id).await {
+            Ok(Some(handover)) => {
+                tracing::info!(client_id = %LogId(client_id), queued = handover.queued.len() + handover.inflight.len(), "cluster: session taken from the cluster's copy");
+                self.handovers.increment(1);
+                Ok(Some(handover))
+            }
+            Ok(None) => Ok(None),
+            Err(crate::sessions::store::StoreError::Damaged(why)) => {
+                // What is there cannot be read back whole: the session ends, said.
+                tracing::error!(client_id = %LogId(client_id), %why, "cluster: the stored session is damaged");
+                self.sessions.lost(client_id);
+                Ok(None)
+            }
+            Err(error) => Err(ClaimError(format!(
+                "the cluster's copy of the session cannot be read: {error}"
+            ))),
+        }
+    }
+
+    /// Sessions of a node taken for dead: every live node tries each of its stored sessions
+    /// (compare-and-set on the owner entry); the one that takes it keeps it waiting for its
+    /// client, so the messages published meanwhile are queued for it. Sessions without a
+    /// stored copy (they ended with their connection) are left: a CONNECT takes their id.
+    async fn adopt_orphans(self: Arc<Self>, dead: String) {
+        let mut keys = match self.owners.keys().await {
+            Ok(keys) => keys,
+            Err(error) => {
+                tracing::warn!(%error, node = %dead, "cluster: the dead node's sessions could not be listed");
+                return;
+            }
+        };
+        let mut ids = Vec::new();
+        while let Some(key) = keys.next().await {
+            if let Ok(key) = key {
+                ids.push(key);
+            }
+        }
+        let me = Bytes::from(self.node.clone());
+        let mut adopted = 0usize;
+        for key in ids {
+            let Some(client_id) = wire::from_kv_key(&key) else {
+                continue;
+            };
+            let _claim = self.lock_client(&client_id).await;
+            let entry = match self.owners.entry(key.clone()).await {
+                Ok(Some(entry))
+                    if entry.operation == kv::Operation::Put && entry.value == dead.as_bytes() =>
+                {
+                    entry
+                }
+                _ => continue,
+            };
+            let Ok(Some(handover)) =
+                replica::read_session(&self.stored, &self.client, &client_id).await
+            else {
+                continue;
+            };
+            if self
+                .owners
+                .update(&key, me.clone(), entry.revision)
+                .await
+                .is_err()
+            {
+                continue;
+            }
+            if let Err(error) = self
+                .sessions
+                .adopt(Arc::from(client_id.as_str()), handover)
+                .await
+            {
+                tracing::error!(client_id = %LogId(&client_id), %error, "cluster: an adopted session was not stored");
+            }
+            adopted += 1;
+        }
+        if adopted > 0 {
+            self.handovers.increment(adopted as u64);
+            tracing::info!(node = %dead, sessions = adopted, "cluster: took over the sessions of a dead node");
+        }
+    }
+
+    /// Waits until every change this node submitted so far is stored (a session that leaves
+    /// for another node must not have a write of this node land after the new owner's).
+    async fn flush_store(&self) {
+        if let Err(error) = self.sessions.store().submit(Vec::new()).await {
+            tracing::warn!(%error, "cluster: the store did not flush");
         }
     }
 
@@ -501,6 +702,7 @@ impl Cluster {
                     .sessions
                     .surrender(&request.client_id, Surrender::TakenOver)
                     .await;
+                this.flush_store().await;
                 let payload = match handover.map(|h| wire::encode_handover(&h)) {
                     Some(Ok(bytes)) => Bytes::from(bytes),
                     Some(Err(error)) => {
@@ -554,8 +756,12 @@ impl Cluster {
                     let _claim = this.lock_client(&request.client_id).await;
                     match this.claim(&request.client_id).await {
                         Ok(Some(handover)) => {
-                            this.sessions
+                            let stored = this
+                                .sessions
                                 .adopt(Arc::from(request.client_id.as_str()), handover);
+                            if let Err(error) = stored.await {
+                                tracing::error!(client_id = %LogId(&request.client_id), %error, "cluster: an adopted session was not stored");
+                            }
                             true
                         }
                         _ => false,
@@ -615,49 +821,202 @@ impl Cluster {
         tracing::warn!("cluster: the retained watch ended");
     }
 
-    /// Publishes to NATS in the order the node's clients published.
-    async fn forward_loop(
-        self: Arc<Self>,
-        mut outbound: mpsc::Receiver<(Vec<Arc<Message>>, Arc<str>)>,
-    ) {
+    /// Sends what the node's clients publish to the other nodes, in the order they published:
+    /// QoS 0 on the topics' subjects (at most once), QoS 1/2 straight to every other live
+    /// node, which answers once it routed and stored them; the publishers' commits complete
+    /// then (see [`Cluster::confirm`]).
+    async fn forward_loop(self: Arc<Self>, mut outbound: mpsc::Receiver<Outbound>) {
         let (retained, retained_rx) = mpsc::unbounded_channel();
         let store = tokio::spawn(self.clone().store_retained(retained_rx));
         self.tasks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(store);
-        while let Some((messages, publisher)) = outbound.recv().await {
-            for message in messages {
-                let payload = match wire::encode_message(&message) {
-                    Ok(bytes) => Bytes::from(bytes),
-                    Err(error) => {
-                        tracing::warn!(%error, "cluster: message not forwarded");
-                        continue;
+        while let Some(first) = outbound.recv().await {
+            let mut batches = vec![first];
+            let mut confirmed = Vec::new();
+            let mut waiting = Vec::new();
+            while let Some((messages, publisher, done)) = batches.pop() {
+                waiting.extend(done);
+                for message in messages {
+                    let payload = match wire::encode_message(&message) {
+                        Ok(bytes) => Bytes::from(bytes),
+                        Err(error) => {
+                            tracing::warn!(%error, "cluster: message not forwarded");
+                            continue;
+                        }
+                    };
+                    if message.retain {
+                        // Stored by its own task: a JetStream leader election must not hold
+                        // up the messages behind it.
+                        let _ = retained.send((message.topic.clone(), payload.clone()));
                     }
-                };
-                let mut headers = HeaderMap::new();
-                headers.insert(ORIGIN, self.node.as_str());
-                headers.insert(
-                    SEQ,
-                    self.seq
-                        .fetch_add(1, Ordering::Relaxed)
-                        .to_string()
-                        .as_str(),
-                );
-                headers.insert(PUBLISHER, wire::kv_key(&publisher).as_str());
-                if message.retain {
-                    // Stored by its own task: a JetStream leader election must not hold up
-                    // the messages behind it.
-                    let _ = retained.send((message.topic.clone(), payload.clone()));
+                    if message.qos == QoS::AtMostOnce {
+                        self.publish_routed(&message.topic, &publisher, payload)
+                            .await;
+                    } else {
+                        confirmed.push((wire::kv_key(&publisher), base64_url(&payload)));
+                    }
                 }
-                let subject = topic_subject(&message.topic);
-                if let Err(error) = self
-                    .client
-                    .publish_with_headers(subject, headers, payload)
-                    .await
+                // What else queued meanwhile goes in the same request.
+                if confirmed.len() < CONFIRM_BATCH
+                    && let Ok(next) = outbound.try_recv()
                 {
-                    tracing::warn!(%error, "cluster: message not forwarded");
+                    batches.push(next);
                 }
+            }
+            let result = if confirmed.is_empty() {
+                Ok(())
+            } else {
+                self.confirm(confirmed).await
+            };
+            for done in waiting {
+                let _ = done.send(result.clone().map_err(StoreError::Io));
+            }
+        }
+    }
+
+    async fn publish_routed(&self, topic: &str, publisher: &str, payload: Bytes) {
+        let mut headers = HeaderMap::new();
+        headers.insert(ORIGIN, self.node.as_str());
+        headers.insert(
+            SEQ,
+            self.seq
+                .fetch_add(1, Ordering::Relaxed)
+                .to_string()
+                .as_str(),
+        );
+        headers.insert(PUBLISHER, wire::kv_key(publisher).as_str());
+        if let Err(error) = self
+            .client
+            .publish_with_headers(topic_subject(topic), headers, payload)
+            .await
+        {
+            tracing::warn!(%error, "cluster: message not forwarded");
+        }
+    }
+
+    /// Sends QoS 1/2 messages to every other live node and waits until each has routed and
+    /// stored them. A node that does not answer is asked again until [`CONFIRM_WAIT`]; one
+    /// found dead meanwhile is left out (its sessions are taken from their stored copies).
+    async fn confirm(&self, items: Vec<(String, String)>) -> Result<(), String> {
+        let n = items.len();
+        let batch = RouteBatch {
+            origin: self.node.clone(),
+            seq: self.seq.fetch_add(1, Ordering::Relaxed),
+            items,
+        };
+        let payload = Bytes::from(serde_json::to_vec(&batch).map_err(|e| e.to_string())?);
+        let targets: Vec<String> = self
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|name| **name != self.node)
+            .cloned()
+            .collect();
+        let answers = futures_util::future::join_all(
+            targets
+                .iter()
+                .map(|target| self.confirm_at(target, payload.clone())),
+        )
+        .await;
+        for (target, answer) in targets.iter().zip(answers) {
+            if let Err(why) = answer {
+                tracing::warn!(node = %target, messages = n, %why, "cluster: QoS 1/2 messages not taken by a live node; their publishers are not acknowledged");
+                return Err(format!(
+                    "cluster node {target} did not take the messages: {why}"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    async fn confirm_at(&self, target: &str, payload: Bytes) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + CONFIRM_WAIT;
+        loop {
+            let answer = tokio::time::timeout(
+                HANDOVER_WAIT,
+                self.client
+                    .request(format!("brokk.node.{target}.route"), payload.clone()),
+            )
+            .await;
+            let why = match answer {
+                Ok(Ok(reply)) if &reply.payload[..] == b"ok" => return Ok(()),
+                Ok(Ok(_)) => "it could not store them".to_string(),
+                Ok(Err(error)) => error.to_string(),
+                Err(_) => "no answer in time".to_string(),
+            };
+            if !self.alive(target).await {
+                tracing::warn!(node = %target, "cluster: a node taken for dead did not take QoS 1/2 messages; its sessions resume from their stored copies");
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(why);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Takes QoS 1/2 batches from the other nodes, one at a time: routes them here, and
+    /// answers `ok` once what they queued is stored (a batch asked for again is answered as
+    /// the first time, not routed twice).
+    async fn serve_routes(self: Arc<Self>, mut requests: Subscriber) {
+        let mut seen: HashMap<String, (HashMap<u64, bool>, VecDeque<u64>)> = HashMap::new();
+        while let Some(message) = requests.next().await {
+            let Some(reply) = message.reply.clone() else {
+                continue;
+            };
+            let outcome = match serde_json::from_slice::<RouteBatch>(&message.payload) {
+                Ok(batch) => {
+                    let (done, order) = seen.entry(batch.origin.clone()).or_default();
+                    match done.get(&batch.seq) {
+                        Some(ok) => *ok,
+                        None => {
+                            let ok = self.route_confirmed(batch.items).await;
+                            done.insert(batch.seq, ok);
+                            order.push_back(batch.seq);
+                            if order.len() > SEEN_WINDOW
+                                && let Some(old) = order.pop_front()
+                            {
+                                done.remove(&old);
+                            }
+                            ok
+                        }
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cluster: routed batch unreadable");
+                    false
+                }
+            };
+            let answer = if outcome { "ok" } else { "failed" };
+            if let Err(error) = self.client.publish(reply, Bytes::from(answer)).await {
+                tracing::warn!(%error, "cluster: route answer failed");
+            }
+        }
+    }
+
+    async fn route_confirmed(&self, items: Vec<(String, String)>) -> bool {
+        let mut commit = Commit::done();
+        for (publisher, encoded) in items {
+            let publisher = wire::from_kv_key(&publisher).unwrap_or_default();
+            let decoded = base64_decode(&encoded)
+                .ok_or_else(|| "not base64".to_string())
+                .and_then(|bytes| wire::decode_message(&bytes).map_err(|e| e.to_string()));
+            match decoded {
+                Ok(routed) => {
+                    self.remote.increment(1);
+                    commit = commit.and(self.sessions.publish_remote(&[routed], &publisher));
+                }
+                Err(error) => tracing::warn!(%error, "cluster: routed message unreadable"),
+            }
+        }
+        match commit.await {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::error!(%error, "cluster: messages from another node not stored");
+                false
             }
         }
     }
@@ -758,7 +1117,8 @@ impl Cluster {
             match wire::decode_message(&message.payload) {
                 Ok(routed) => {
                     self.remote.increment(1);
-                    self.sessions.publish_remote(&[routed], &publisher);
+                    // QoS 0: nothing waits for it.
+                    drop(self.sessions.publish_remote(&[routed], &publisher));
                 }
                 Err(error) => tracing::warn!(%error, "cluster: routed message unreadable"),
             }
@@ -794,6 +1154,7 @@ impl Cluster {
                 .surrender(&client_id, Surrender::Drained)
                 .await
                 .and_then(|h| wire::encode_handover(&h).ok());
+            self.flush_store().await;
             let Some(bytes) = encoded else {
                 self.moving().remove(&*client_id);
                 continue;
@@ -844,18 +1205,28 @@ impl Cluster {
 }
 
 impl Forward for Cluster {
-    fn forward(&self, messages: &[Arc<Message>], publisher: &str) {
+    fn forward(&self, messages: &[Arc<Message>], publisher: &str) -> Commit {
         // `$` topics ($SYS) are each node's own.
         let messages: Vec<Arc<Message>> = messages
             .iter()
             .filter(|m| !m.topic.starts_with('$'))
             .cloned()
             .collect();
-        if !messages.is_empty()
-            && self
-                .outbound
-                .try_send((messages, Arc::from(publisher)))
-                .is_err()
+        if messages.is_empty() {
+            return Commit::done();
+        }
+        let (commit, done) = if messages.iter().any(|m| m.qos != QoS::AtMostOnce) {
+            let (commit, done) = Commit::pending();
+            (commit, Some(done))
+        } else {
+            (Commit::done(), None)
+        };
+        // A full queue drops the batch: its QoS 1/2 messages' commit fails (the publisher's
+        // connection closes unacknowledged and its client sends them again).
+        if self
+            .outbound
+            .try_send((messages, Arc::from(publisher), done))
+            .is_err()
         {
             let n = self.unforwarded.fetch_add(1, Ordering::Relaxed);
             if (n + 1).is_power_of_two() {
@@ -865,7 +1236,20 @@ impl Forward for Cluster {
                 );
             }
         }
+        commit
     }
+}
+
+fn base64_url(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(text)
+        .ok()
 }
 
 /// Whether an encoded message has an empty payload (it clears its topic's retained message).

@@ -71,15 +71,45 @@ fn delivery(d: &Delivery, inflight: Option<(u16, u8)>) -> Result<WireDelivery, W
     })
 }
 
+/// The code of an outbound state on the wire: 1 PUBACK, 2 PUBREC, 3 PUBCOMP awaited.
+pub fn outbound_code(state: OutboundState) -> u8 {
+    match state {
+        OutboundState::AwaitingPubAck => 1,
+        OutboundState::AwaitingPubRec => 2,
+        OutboundState::AwaitingPubComp => 3,
+    }
+}
+
+pub fn outbound_state(code: u8) -> Option<OutboundState> {
+    match code {
+        1 => Some(OutboundState::AwaitingPubAck),
+        2 => Some(OutboundState::AwaitingPubRec),
+        3 => Some(OutboundState::AwaitingPubComp),
+        _ => None,
+    }
+}
+
+/// One queued delivery (message, delivery QoS, RETAIN, subscription ids), as the replicated
+/// session store keeps it.
+pub fn encode_delivery(d: &Delivery) -> Result<Vec<u8>, WireError> {
+    Ok(serde_json::to_vec(&delivery(d, None)?)?)
+}
+
+pub fn decode_delivery(bytes: &[u8]) -> Result<Delivery, WireError> {
+    let w: WireDelivery = serde_json::from_slice(bytes)?;
+    from_wire(w)
+}
+
+fn from_wire(d: WireDelivery) -> Result<Delivery, WireError> {
+    let message = decode_message(&B64.decode(d.message)?)?;
+    let qos = QoS::from_u8(d.qos).unwrap_or(QoS::AtLeastOnce);
+    Ok(Delivery::new(message, qos, d.retain, d.ids))
+}
+
 pub fn encode_handover(h: &Handover) -> Result<Vec<u8>, WireError> {
     let mut deliveries = Vec::with_capacity(h.inflight.len() + h.queued.len());
     for (packet_id, state, d) in &h.inflight {
-        let state = match state {
-            OutboundState::AwaitingPubAck => 1,
-            OutboundState::AwaitingPubRec => 2,
-            OutboundState::AwaitingPubComp => 3,
-        };
-        deliveries.push(delivery(d, Some((*packet_id, state)))?);
+        deliveries.push(delivery(d, Some((*packet_id, outbound_code(*state))))?);
     }
     for d in &h.queued {
         deliveries.push(delivery(d, None)?);
@@ -114,16 +144,11 @@ pub fn decode_handover(bytes: &[u8]) -> Result<Handover, WireError> {
         h.subscriptions.push(convert::subscription(r));
     }
     for d in w.deliveries {
-        let message = decode_message(&B64.decode(d.message)?)?;
-        let qos = QoS::from_u8(d.qos).unwrap_or(QoS::AtLeastOnce);
-        let delivery = Delivery::new(message, qos, d.retain, d.ids);
-        match d.inflight {
+        let inflight = d.inflight;
+        let delivery = from_wire(d)?;
+        match inflight {
             Some((packet_id, state)) if packet_id != 0 => {
-                let state = match state {
-                    1 => OutboundState::AwaitingPubAck,
-                    2 => OutboundState::AwaitingPubRec,
-                    _ => OutboundState::AwaitingPubComp,
-                };
+                let state = outbound_state(state).unwrap_or(OutboundState::AwaitingPubComp);
                 h.inflight.push((packet_id, state, delivery));
             }
             _ => h.queued.push(delivery),

@@ -212,7 +212,11 @@ impl Connection {
         let result = self.handle_input(&mut io.rbuf, &mut durable.held, max);
         let commit = self.lease.commit();
         if !commit.is_done() {
-            durable.pending = Some(commit);
+            // Held output waits for every commit since it was held.
+            durable.pending = Some(match durable.pending.take() {
+                Some(earlier) => earlier.and(commit),
+                None => commit,
+            });
         } else if durable.pending.is_none() {
             io.out.append(&mut durable.held);
         }

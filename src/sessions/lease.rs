@@ -35,6 +35,8 @@ pub struct Lease {
     /// What this connection's publishes stored in other sessions' queues, to submit with the
     /// session's own changes.
     routed: Vec<Change>,
+    /// Other cluster nodes taking this connection's QoS 1/2 publishes since the last commit.
+    forwarded: Commit,
 }
 
 impl Drop for Lease {
@@ -63,6 +65,7 @@ impl Lease {
             present,
             handover: None,
             routed: Vec::new(),
+            forwarded: Commit::done(),
         }
     }
 
@@ -124,8 +127,13 @@ impl Lease {
     /// Publishes what this connection's client sent (routed in one batch). What must be
     /// stored goes with the next [`Lease::commit`].
     pub fn publish(&mut self, messages: &[Arc<Message>]) {
-        self.sessions
-            .publish_recording(messages, self.state.client_id(), &mut self.routed);
+        let forwarded =
+            self.sessions
+                .publish_recording(messages, self.state.client_id(), &mut self.routed);
+        if !forwarded.is_done() {
+            let earlier = std::mem::replace(&mut self.forwarded, Commit::done());
+            self.forwarded = earlier.and(forwarded);
+        }
     }
 
     /// Records a delivery this connection put in its own session's queue (retained messages
@@ -159,10 +167,11 @@ impl Lease {
         } else {
             changes.append(&mut self.routed);
         }
+        let forwarded = std::mem::replace(&mut self.forwarded, Commit::done());
         if changes.is_empty() {
-            return Commit::done();
+            return forwarded;
         }
-        self.sessions.store.submit(changes)
+        self.sessions.store.submit(changes).and(forwarded)
     }
 
     /// Reads a piece of this session's stored backlog.

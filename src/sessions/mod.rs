@@ -79,9 +79,10 @@ pub struct Sessions {
     forward: std::sync::OnceLock<Arc<dyn Forward>>,
 }
 
-/// Takes what this node's clients publish to the other nodes of a cluster.
+/// Takes what this node's clients publish to the other nodes of a cluster. The commit
+/// resolves once the other nodes have taken (and stored) the QoS 1/2 messages among them.
 pub trait Forward: Send + Sync + 'static {
-    fn forward(&self, messages: &[Arc<Message>], publisher: &str);
+    fn forward(&self, messages: &[Arc<Message>], publisher: &str) -> store::Commit;
 }
 
 impl Sessions {
@@ -156,6 +157,7 @@ impl Sessions {
         };
         // A session from the node that owned the client id is the current one: a copy left
         // here is stale.
+        let imported = remote.is_some();
         let previous = match (previous, remote) {
             (previous, None) => previous,
             (stale, Some(handover)) => {
@@ -197,9 +199,31 @@ impl Sessions {
         state.set_will(will);
         state.set_persisted(persist);
         attached.queue.set_persistent(persist);
+        if imported && !persist && self.store.durable() {
+            // Resumed without persistence: the copy stored where it came from goes.
+            drop(self.store.submit(vec![Change::SessionGone {
+                client_id: client_id.clone(),
+            }]));
+        }
         if persist {
+            if imported {
+                // What the cluster stored for it was written by the node it left.
+                state.push_change(Change::SessionGone {
+                    client_id: client_id.clone(),
+                });
+            }
             state.record_session();
-            drop(self.store.submit(state.take_changes()));
+            if imported && present {
+                self.record_afresh(&mut state, &attached.queue);
+            }
+            let commit = self.store.submit(state.take_changes());
+            if imported {
+                // Stored again before the client hears Session Present: the copy it came
+                // from is gone.
+                if let Err(error) = commit.await {
+                    tracing::error!(client_id = %LogId(&client_id), %error, "a session taken from another node was not stored");
+                }
+            }
         }
         info.counters.update(&state);
         Lease::new(
@@ -311,7 +335,8 @@ impl Sessions {
     /// with a durable store, stores what must be: nothing waits for it here).
     pub fn publish(&self, messages: &[Arc<Message>], publisher: &str) {
         let mut changes = Vec::new();
-        self.publish_recording(messages, publisher, &mut changes);
+        // Wills and $SYS: nothing waits for the other nodes either.
+        drop(self.publish_recording(messages, publisher, &mut changes));
         if !changes.is_empty() {
             drop(self.store.submit(changes));
         }
@@ -324,12 +349,13 @@ impl Sessions {
         messages: &[Arc<Message>],
         publisher: &str,
         changes: &mut Vec<Change>,
-    ) {
+    ) -> store::Commit {
         let record = self.store.durable().then_some(changes);
         let overflowed = self.routing.publish_batch(messages, publisher, record);
         self.overflowed(overflowed);
-        if let Some(forward) = self.forward.get() {
-            forward.forward(messages, publisher);
+        match self.forward.get() {
+            Some(forward) => forward.forward(messages, publisher),
+            None => store::Commit::done(),
         }
     }
 
@@ -339,14 +365,16 @@ impl Sessions {
     }
 
     /// Delivers messages another cluster node published to the sessions here (their retained
-    /// part arrives separately).
-    pub fn publish_remote(&self, messages: &[Arc<Message>], publisher: &str) {
+    /// part arrives separately); the commit resolves once what they queued is stored.
+    pub fn publish_remote(&self, messages: &[Arc<Message>], publisher: &str) -> store::Commit {
         let mut changes = Vec::new();
         let record = self.store.durable().then_some(&mut changes);
         let overflowed = self.routing.route_batch(messages, publisher, record);
         self.overflowed(overflowed);
-        if !changes.is_empty() {
-            drop(self.store.submit(changes));
+        if changes.is_empty() {
+            store::Commit::done()
+        } else {
+            self.store.submit(changes)
         }
     }
 
@@ -413,6 +441,12 @@ impl Sessions {
         self.ended(state.client_id(), why);
     }
 
+    /// A session whose stored copy could not be read back whole ends with `lost_messages`
+    /// (what is stored of it goes); its client's CONNECT starts afresh, with Session Present 0.
+    pub fn lost(&self, client_id: &str) {
+        self.ended(client_id, SessionEnd::LostMessages);
+    }
+
     fn ended(&self, client_id: &str, why: SessionEnd) {
         let index = SessionEnd::ALL
             .iter()
@@ -423,9 +457,14 @@ impl Sessions {
         }
         if self.store.durable() {
             // The outcome is known from the commit's error alone; nothing waits for it here.
-            drop(self.store.submit(vec![Change::SessionGone {
-                client_id: Arc::from(client_id),
-            }]));
+            let client_id = Arc::from(client_id);
+            // Failed over: the session lives on at another node, which stores it.
+            let change = if why == SessionEnd::FailedOver {
+                Change::SessionLeft { client_id }
+            } else {
+                Change::SessionGone { client_id }
+            };
+            drop(self.store.submit(vec![change]));
         }
         let client_id = LogId(client_id);
         match why {

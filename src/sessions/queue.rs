@@ -177,6 +177,32 @@ impl Queue {
         self.queued.increment(backlog as f64);
     }
 
+    /// A sequence number for a delivery that does not pass through the queue (a message in
+    /// flight that came from another node).
+    pub fn next_seq(&self) -> u64 {
+        let mut state = self.lock();
+        let seq = state.next_seq;
+        state.next_seq += 1;
+        seq
+    }
+
+    /// Marks the QoS 1/2 deliveries in memory as stored and returns them, to be recorded (a
+    /// session that came from another node is written to the store afresh).
+    pub fn store_in_memory(&self) -> Vec<Delivery> {
+        let mut state = self.lock();
+        if !state.persistent {
+            return Vec::new();
+        }
+        let mut stored = Vec::new();
+        for delivery in state.queue.iter_mut() {
+            if delivery.qos != QoS::AtMostOnce && !delivery.persisted {
+                delivery.persisted = true;
+                stored.push(delivery.clone());
+            }
+        }
+        stored
+    }
+
     pub fn offer(&self, mut delivery: Delivery) -> Offer {
         let outcome = {
             let mut state = self.lock();

@@ -15,6 +15,7 @@ use crate::router::SubscriptionOptions;
 use super::mailbox::{Control, Mailbox};
 use super::queue::Queue;
 use super::state::{OutboundState, SessionState};
+use super::store::{Change, Commit};
 use super::table::{ConnInfo, Counters, Detached, Previous};
 use super::{HANDOVER_TIMEOUT, SessionEnd, Sessions};
 
@@ -146,7 +147,7 @@ impl Sessions {
             self.ended(state.client_id(), SessionEnd::FailedOver);
         } else if state.is_persisted() && self.store.durable() {
             // Stored here, it would come back at this node's next start: it lives elsewhere.
-            drop(self.store.submit(vec![super::store::Change::SessionGone {
+            drop(self.store.submit(vec![Change::SessionLeft {
                 client_id: state.client_id().clone(),
             }]));
         }
@@ -204,17 +205,37 @@ impl Sessions {
 
     /// A session a draining node handed to this one: it waits here for its client (who was
     /// told to come here with a Server Reference), with its expiry timer.
-    pub fn adopt(self: &Arc<Self>, client_id: Arc<str>, handover: Handover) {
+    ///
+    /// With a durable store, it is stored here (what was stored for it elsewhere is replaced);
+    /// the returned commit resolves once it is.
+    pub fn adopt(self: &Arc<Self>, client_id: Arc<str>, handover: Handover) -> Commit {
         if self.table.presence(&client_id).is_some() {
             // Its client came here first and has a session already: that one is current.
-            return;
+            return Commit::done();
         }
         let queue = self.new_queue();
         queue.set_connected(false);
         let expiry = handover.expiry_interval;
         let version = handover.version;
-        let state = self.import(&client_id, handover, &queue);
+        let mut state = self.import(&client_id, handover, &queue);
         let now = SystemTime::now();
+        let commit = if self.store.durable() && expiry > 0 {
+            queue.set_persistent(true);
+            state.set_persisted(true);
+            state.push_change(Change::SessionGone {
+                client_id: client_id.clone(),
+            });
+            let mut record = state.stored_record();
+            record.expires_at = Some(now + std::time::Duration::from_secs(u64::from(expiry)));
+            state.push_change(Change::Session {
+                client_id: client_id.clone(),
+                record,
+            });
+            self.record_afresh(&mut state, &queue);
+            self.store.submit(state.take_changes())
+        } else {
+            Commit::done()
+        };
         let info = Arc::new(ConnInfo {
             user: state.user().cloned(),
             peer: SocketAddr::from(([0, 0, 0, 0], 0)),
@@ -225,6 +246,24 @@ impl Sessions {
         });
         let generation = self.table.insert_waiting(state, queue, info, now);
         super::timers::schedule(self, client_id, generation, None, expiry);
+        commit
+    }
+
+    /// A session that came from another node becomes this node's stored session: everything
+    /// it holds is recorded afresh (its record, and what the stored copy it came from held,
+    /// are the caller's).
+    pub(super) fn record_afresh(&self, state: &mut SessionState, queue: &Queue) {
+        state.record_afresh(|| queue.next_seq());
+        for delivery in queue.store_in_memory() {
+            state.push_change(Change::Queued {
+                client_id: state.client_id().clone(),
+                seq: delivery.seq,
+                message: delivery.message,
+                qos: delivery.qos,
+                retain: delivery.retain,
+                subscription_identifiers: delivery.subscription_identifiers,
+            });
+        }
     }
 
     /// This node's copy of `client_id`'s session is stale (the cluster's owner entry names

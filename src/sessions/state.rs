@@ -299,6 +299,48 @@ impl SessionState {
         parked
     }
 
+    /// Records everything this session holds as stored afresh (it came from another node,
+    /// whose stored copy is gone): subscriptions, inbound QoS 2 ids, and the messages in flight
+    /// under new sequence numbers from `seq` (their packet ids stay).
+    pub(super) fn record_afresh(&mut self, mut seq: impl FnMut() -> u64) {
+        if !self.persist {
+            return;
+        }
+        let client_id = self.client_id.clone();
+        for (filter, options) in &self.subscriptions {
+            self.changes.push(Change::Subscribed {
+                client_id: client_id.clone(),
+                filter: filter.clone(),
+                options: options.clone(),
+            });
+        }
+        for packet_id in &self.inbound_qos2 {
+            self.changes.push(Change::InboundQos2 {
+                client_id: client_id.clone(),
+                packet_id: *packet_id,
+                pending: true,
+            });
+        }
+        for m in self.inflight.iter_mut() {
+            m.delivery.seq = seq();
+            m.delivery.persisted = true;
+            self.changes.push(Change::Queued {
+                client_id: client_id.clone(),
+                seq: m.delivery.seq,
+                message: m.delivery.message.clone(),
+                qos: m.delivery.qos,
+                retain: m.delivery.retain,
+                subscription_identifiers: m.delivery.subscription_identifiers.clone(),
+            });
+            self.changes.push(Change::InFlight {
+                client_id: client_id.clone(),
+                seq: m.delivery.seq,
+                packet_id: m.packet_id,
+                state: m.state,
+            });
+        }
+    }
+
     pub fn inflight_len(&self) -> usize {
         self.inflight.len()
     }

@@ -62,6 +62,11 @@ pub enum Change {
     SessionGone {
         client_id: Arc<str>,
     },
+    /// A session moved to another cluster node: this node's copy goes, the cluster's
+    /// replicated copy stays (the node it went to writes it).
+    SessionLeft {
+        client_id: Arc<str>,
+    },
     Subscribed {
         client_id: Arc<str>,
         filter: String,
@@ -224,23 +229,30 @@ impl Future for Load {
     }
 }
 
-/// The completion of a submitted batch: ready at once for a store that does not persist.
+/// The completion of a submitted batch: ready at once for a store that does not persist. Commits
+/// join ([`Commit::and`]): the joined one resolves when all have, with the first error.
 #[must_use = "a commit says when the changes are durable"]
-pub struct Commit(Option<oneshot::Receiver<Result<(), StoreError>>>);
+pub struct Commit(Vec<oneshot::Receiver<Result<(), StoreError>>>);
 
 impl Commit {
     pub fn done() -> Commit {
-        Commit(None)
+        Commit(Vec::new())
     }
 
     /// A commit that the store completes later through `sender`.
     pub fn pending() -> (Commit, oneshot::Sender<Result<(), StoreError>>) {
         let (tx, rx) = oneshot::channel();
-        (Commit(Some(rx)), tx)
+        (Commit(vec![rx]), tx)
     }
 
     pub fn is_done(&self) -> bool {
-        self.0.is_none()
+        self.0.is_empty()
+    }
+
+    /// Resolves once both `self` and `other` have.
+    pub fn and(mut self, mut other: Commit) -> Commit {
+        self.0.append(&mut other.0);
+        self
     }
 }
 
@@ -248,11 +260,15 @@ impl Future for Commit {
     type Output = Result<(), StoreError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match &mut self.0 {
-            None => Poll::Ready(Ok(())),
-            Some(rx) => Pin::new(rx)
-                .poll(cx)
-                .map(|r| r.unwrap_or(Err(StoreError::Closed))),
+        while let Some(rx) = self.0.last_mut() {
+            match Pin::new(rx).poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(result) => {
+                    self.0.pop();
+                    result.unwrap_or(Err(StoreError::Closed))?;
+                }
+            }
         }
+        Poll::Ready(Ok(()))
     }
 }

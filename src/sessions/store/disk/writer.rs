@@ -79,7 +79,9 @@ impl Writer {
                     Some(value),
                 ));
             }
-            Change::SessionGone { client_id } => self.session_gone(&client_id, w)?,
+            Change::SessionGone { client_id } | Change::SessionLeft { client_id } => {
+                self.session_gone(&client_id, w)?
+            }
             Change::Subscribed {
                 client_id,
                 filter,
