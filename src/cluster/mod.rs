@@ -9,7 +9,7 @@
 //!   (they were delivered locally already) and duplicates (a message matching two of its
 //!   subscriptions arrives twice), and routes the rest through its own index.
 //!   That is for QoS 0. QoS 1/2 messages go to every other live node directly (request and
-//!   answer, [`Cluster::confirm`]), and the publisher's acknowledgement waits until each has
+//!   answer, `Cluster::confirm`), and the publisher's acknowledgement waits until each has
 //!   routed and stored them.
 //! - Persistent sessions are replicated in the `brokk_sessions` bucket ([`ReplicaStore`]); the
 //!   node that takes a session from a dead node reads it back from there, and the live nodes
@@ -824,7 +824,7 @@ impl Cluster {
     /// Sends what the node's clients publish to the other nodes, in the order they published:
     /// QoS 0 on the topics' subjects (at most once), QoS 1/2 straight to every other live
     /// node, which answers once it routed and stored them; the publishers' commits complete
-    /// then (see [`Cluster::confirm`]).
+    /// then (see `Cluster::confirm`).
     async fn forward_loop(self: Arc<Self>, mut outbound: mpsc::Receiver<Outbound>) {
         let (retained, retained_rx) = mpsc::unbounded_channel();
         let store = tokio::spawn(self.clone().store_retained(retained_rx));
