@@ -148,7 +148,10 @@ struct PubConn {
 
 pub struct Load {
     addr: SocketAddr,
-    pid: Option<u32>,
+    /// Where the subscribers connect (another cluster node; `addr` by default).
+    sub_addr: SocketAddr,
+    /// The broker processes whose CPU time counts (every node of a cluster).
+    pids: Vec<u32>,
     spec: LoadSpec,
     ctl: Arc<Ctl>,
     subs: Vec<Arc<Mutex<SubStats>>>,
@@ -186,6 +189,17 @@ pub async fn connect_many(addr: SocketAddr, ids: Vec<String>, clean: bool) -> Re
 
 impl Load {
     pub async fn setup(addr: SocketAddr, pid: Option<u32>, spec: LoadSpec) -> Res<Load> {
+        Load::setup_split(addr, addr, pid.into_iter().collect(), spec).await
+    }
+
+    /// Publishers on `addr`, subscribers on `sub_addr` (two nodes of a cluster); broker CPU
+    /// summed over `pids`.
+    pub async fn setup_split(
+        addr: SocketAddr,
+        sub_addr: SocketAddr,
+        pids: Vec<u32>,
+        spec: LoadSpec,
+    ) -> Res<Load> {
         let nonce = format!(
             "{}-{}",
             std::process::id(),
@@ -222,7 +236,7 @@ impl Load {
         let sub_ids = (0..sub_filters.len())
             .map(|i| format!("bs{nonce}-{i}"))
             .collect();
-        let streams = connect_many(addr, sub_ids, !spec.persistent).await?;
+        let streams = connect_many(sub_addr, sub_ids, !spec.persistent).await?;
         for (mut stream, filter) in streams.into_iter().zip(&sub_filters) {
             client::subscribe(&mut stream, filter, spec.qos).await?;
             let stats = Arc::new(Mutex::new(SubStats {
@@ -274,7 +288,8 @@ impl Load {
         }
         Ok(Load {
             addr,
-            pid,
+            sub_addr,
+            pids,
             spec,
             ctl,
             subs,
@@ -285,6 +300,17 @@ impl Load {
             fanout,
             next_phase: 1,
         })
+    }
+
+    /// CPU seconds and resident memory (KiB) of the broker processes, summed.
+    fn broker_cpu(&self) -> procstat::ProcSample {
+        let mut total = procstat::ProcSample::default();
+        for pid in &self.pids {
+            let s = procstat::sample_opt(Some(*pid));
+            total.cpu_secs += s.cpu_secs;
+            total.rss_kib += s.rss_kib;
+        }
+        total
     }
 
     pub fn healthy(&self) -> bool {
@@ -301,7 +327,9 @@ impl Load {
     pub async fn rebuild(&mut self) -> Res<()> {
         self.teardown();
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let fresh = Load::setup(self.addr, self.pid, self.spec.clone()).await?;
+        let fresh =
+            Load::setup_split(self.addr, self.sub_addr, self.pids.clone(), self.spec.clone())
+                .await?;
         let _ = std::mem::replace(self, fresh);
         Ok(())
     }
@@ -324,6 +352,16 @@ impl Load {
     }
 
     pub async fn run_phase(&mut self, p: &PhaseSpec) -> PhaseResult {
+        if self.tasks.is_empty() {
+            // Torn down and not rebuilt (the broker refused new connections): nothing runs,
+            // and the publishers' groups would never report.
+            return PhaseResult {
+                rate_target: p.rate,
+                payload: p.payload,
+                healthy: false,
+                ..PhaseResult::default()
+            };
+        }
         self.quiesce().await;
         for s in &self.subs {
             let mut s = s.lock().unwrap();
@@ -352,7 +390,7 @@ impl Load {
             sent: AtomicU64::new(0),
             done: AtomicUsize::new(0),
         });
-        let b0 = procstat::sample_opt(self.pid);
+        let b0 = self.broker_cpu();
         let g0 = procstat::self_cpu();
         let _ = self.cmd_tx.send(Some(cmd.clone()));
         while cmd.done.load(Ordering::SeqCst) < self.groups {
@@ -374,7 +412,7 @@ impl Load {
                 break;
             }
         }
-        let b1 = procstat::sample_opt(self.pid);
+        let b1 = self.broker_cpu();
         let g1 = procstat::self_cpu();
         let window = start.elapsed().as_secs_f64();
         let mut hist = new_hist();

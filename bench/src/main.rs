@@ -41,6 +41,20 @@ struct Target {
     /// the broker's WebSocket listener).
     #[arg(long)]
     ws_path: Option<String>,
+    /// Subscribers connect here instead of `addr` (another node of a brokk cluster).
+    #[arg(long)]
+    sub_addr: Option<SocketAddr>,
+    /// More broker processes whose CPU time counts (the other nodes of a cluster).
+    #[arg(long)]
+    also_pid: Vec<u32>,
+}
+
+impl Target {
+    async fn load(&self, spec: LoadSpec) -> client::Res<Load> {
+        let mut pids: Vec<u32> = self.broker_pid.into_iter().collect();
+        pids.extend(&self.also_pid);
+        Load::setup_split(self.addr, self.sub_addr.unwrap_or(self.addr), pids, spec).await
+    }
 }
 
 #[derive(clap::Args, Clone)]
@@ -194,7 +208,7 @@ async fn run(cmd: Cmd) -> i32 {
                 qos: qos_of(l.qos),
                 persistent: l.persistent,
             };
-            let mut load = match Load::setup(t.addr, t.broker_pid, spec).await {
+            let mut load = match t.load(spec).await {
                 Ok(x) => x,
                 Err(e) => {
                     eprintln!("setup: {e}");
@@ -225,7 +239,7 @@ async fn run(cmd: Cmd) -> i32 {
                 qos: qos_of(l.qos),
                 persistent: l.persistent,
             };
-            let mut load = match Load::setup(t.addr, t.broker_pid, spec).await {
+            let mut load = match t.load(spec).await {
                 Ok(x) => x,
                 Err(e) => {
                     eprintln!("setup: {e}");
@@ -315,7 +329,7 @@ async fn smoke(t: Target, secs: f64, rate: f64) -> i32 {
                 qos: qos_of(q),
                 persistent: false,
             };
-            let mut load = match Load::setup(t.addr, t.broker_pid, spec).await {
+            let mut load = match t.load(spec).await {
                 Ok(x) => x,
                 Err(e) => {
                     eprintln!("FAIL {}×{clients} q{q}: setup: {e}", scenario.label());
