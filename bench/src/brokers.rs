@@ -57,6 +57,7 @@ impl Kind {
     }
 }
 
+#[derive(Clone)]
 pub struct Settings {
     pub brokk_bin: PathBuf,
     /// Leave `[storage]` and `[admin]` out of brokk's config (binaries older than both).
@@ -69,6 +70,10 @@ pub struct Settings {
     pub pinned: bool,
     pub queue_depth: usize,
     pub inflight: u16,
+    /// brokk's `limits.queue_full_policy` (default `disconnect`); the flood uses `drop_oldest`,
+    /// which drops (and counts) QoS 0 messages for a subscriber that cannot keep up, as
+    /// Mosquitto does.
+    pub brokk_queue_policy: Option<&'static str>,
 }
 
 pub struct Broker {
@@ -107,9 +112,13 @@ impl Broker {
                     &format!(
                         "[listeners.tcp]\nbind = \"127.0.0.1:{port}\"\n\n[metrics]\nenabled = false\n\n\
                          {recent}[limits]\nmax_connections = 1000000\nreceive_maximum = {inf}\nmax_inflight = {inf}\n\
-                         max_queue_depth = {q}\nmax_queue_depth_disconnected = {q}\n",
+                         max_queue_depth = {q}\nmax_queue_depth_disconnected = {q}\n{policy}",
                         inf = s.inflight,
-                        q = s.queue_depth
+                        q = s.queue_depth,
+                        policy = s
+                            .brokk_queue_policy
+                            .map(|p| format!("queue_full_policy = \"{p}\"\n"))
+                            .unwrap_or_default(),
                     ),
                 );
                 (

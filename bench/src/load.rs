@@ -327,9 +327,13 @@ impl Load {
     pub async fn rebuild(&mut self) -> Res<()> {
         self.teardown();
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let fresh =
-            Load::setup_split(self.addr, self.sub_addr, self.pids.clone(), self.spec.clone())
-                .await?;
+        let fresh = Load::setup_split(
+            self.addr,
+            self.sub_addr,
+            self.pids.clone(),
+            self.spec.clone(),
+        )
+        .await?;
         let _ = std::mem::replace(self, fresh);
         Ok(())
     }

@@ -4,6 +4,7 @@
 mod brokers;
 mod client;
 mod conns;
+mod flood;
 mod load;
 mod procstat;
 mod suite;

@@ -88,6 +88,15 @@ pub struct SuiteOpts {
     /// Deliveries per second of the system-call count runs (QoS 0, 64 B); 0 = skip them.
     #[arg(long, default_value_t = 100_000.0)]
     pub syscall_rate: f64,
+    /// Seconds of the fan-in flood (publishers as fast as the broker reads, QoS 0, 64 B, one
+    /// wildcard subscriber); 0 = skip it.
+    #[arg(long, default_value_t = 5.0)]
+    pub flood_secs: f64,
+    #[arg(long, default_value_t = 10)]
+    pub flood_publishers: usize,
+    /// PUBLISH packets per write in the flood.
+    #[arg(long, default_value_t = 16)]
+    pub flood_batch: usize,
     #[arg(long, default_value_t = 100_000)]
     pub queue_depth: usize,
     #[arg(long, default_value_t = 64)]
@@ -214,6 +223,7 @@ pub async fn run(o: SuiteOpts) -> i32 {
         pinned: o.pinned,
         queue_depth: o.queue_depth,
         inflight: o.inflight,
+        brokk_queue_policy: None,
     };
     let mut kinds: Vec<Kind> = Kind::ALL.to_vec();
     if !o.only.is_empty() {
@@ -550,6 +560,71 @@ pub async fn run(o: SuiteOpts) -> i32 {
                     &serde_json::json!({"calls": calls, "method": method, "phase": r}),
                 );
             }
+        }
+    }
+    // Fan-in flood, on fresh brokers: nothing paces the publishers.
+    if o.flood_secs > 0.0 {
+        eprintln!(
+            "== fan-in flood: {} publishers, QoS 0, 64 B, {} per write, {} s",
+            o.flood_publishers, o.flood_batch, o.flood_secs
+        );
+        let key = format!(
+            "fan-in flood×{} q0 64B, {} per write",
+            o.flood_publishers, o.flood_batch
+        );
+        // A subscriber that cannot keep up loses QoS 0 messages (counted) rather than its
+        // session, as with Mosquitto's queue limit: the row compares forwarding, not policies.
+        let flood_settings = Settings {
+            brokk_queue_policy: Some("drop_oldest"),
+            ..settings.clone()
+        };
+        for &k in kinds.iter().filter(|k| k.runs_connection_rows()) {
+            let Ok(mut b) = Broker::start(k, &flood_settings) else {
+                continue;
+            };
+            match crate::flood::flood(
+                b.addr,
+                Some(b.pid),
+                o.flood_publishers,
+                o.flood_batch,
+                64,
+                o.flood_secs,
+            )
+            .await
+            {
+                Ok(r) => {
+                    eprintln!(
+                        "  {} flood: sent {}, delivered {} ({:.0}/s), {:.0} per broker CPU-s",
+                        k.name(),
+                        r.sent,
+                        r.received,
+                        r.delivered_per_s,
+                        r.deliveries_per_broker_cpu_s
+                    );
+                    t.put(
+                        &format!("{key}: deliveries per broker CPU-s"),
+                        true,
+                        k,
+                        r.deliveries_per_broker_cpu_s,
+                    );
+                    t.put(&format!("{key}: deliveries/s"), true, k, r.delivered_per_s);
+                    t.put(
+                        &format!("{key}: delivered of sent (%)"),
+                        true,
+                        k,
+                        100.0 * r.received as f64 / r.sent.max(1) as f64,
+                    );
+                    t.put(
+                        &format!("{key}: broker CPU (%)"),
+                        false,
+                        k,
+                        100.0 * r.broker_cpu_s / r.window_s.max(1e-9),
+                    );
+                    t.record(0, k, &key, &r);
+                }
+                Err(e) => eprintln!("  {} flood failed: {e}", k.name()),
+            }
+            b.stop();
         }
     }
     let secs = started.elapsed().as_secs_f64();
