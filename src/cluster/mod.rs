@@ -613,6 +613,12 @@ impl Cluster {
     /// client, so the messages published meanwhile are queued for it. Sessions without a
     /// stored copy (they ended with their connection) are left: a CONNECT takes their id.
     async fn adopt_orphans(self: Arc<Self>, dead: String) {
+        // A node missing from one listing may only have been slow (or the listing raced its
+        // heartbeat): it is looked up directly, after one more heartbeat period.
+        tokio::time::sleep(HEARTBEAT).await;
+        if self.alive(&dead).await {
+            return;
+        }
         let mut keys = match self.owners.keys().await {
             Ok(keys) => keys,
             Err(error) => {
@@ -646,6 +652,10 @@ impl Cluster {
             else {
                 continue;
             };
+            if self.alive(&dead).await {
+                // It came back: its sessions stay with it.
+                return;
+            }
             if self
                 .owners
                 .update(&key, me.clone(), entry.revision)
