@@ -281,21 +281,9 @@ impl Cluster {
                 bucket: OWNERS,
                 why: e.to_string(),
             })?;
-        let handover_requests = cluster
-            .client
-            .subscribe(format!("brokk.node.{node}.handover"))
-            .await
-            .map_err(nats_error)?;
-        let adopt_requests = cluster
-            .client
-            .subscribe(format!("brokk.node.{node}.adopt"))
-            .await
-            .map_err(nats_error)?;
-        let route_requests = cluster
-            .client
-            .subscribe(format!("brokk.node.{node}.route"))
-            .await
-            .map_err(nats_error)?;
+        let handover_requests = cluster.subscribe_own("handover").await?;
+        let adopt_requests = cluster.subscribe_own("adopt").await?;
+        let route_requests = cluster.subscribe_own("route").await?;
         // A node that joins is a target of QoS 1/2 batches from its first heartbeat on.
         let nodes_watch = cluster
             .nodes
@@ -324,6 +312,14 @@ impl Cluster {
         sessions.set_forward(cluster.clone());
         tracing::info!(node = %node, nats = %urls, "cluster node joined");
         Ok(cluster)
+    }
+
+    /// Subscribes to one of this node's own request subjects (`brokk.node.<name>.<what>`).
+    async fn subscribe_own(&self, what: &str) -> Result<Subscriber, ClusterError> {
+        self.client
+            .subscribe(format!("brokk.node.{}.{what}", self.node))
+            .await
+            .map_err(nats_error)
     }
 
     pub fn node(&self) -> &str {
